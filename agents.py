@@ -1,0 +1,200 @@
+"""Agents as data, and the one model they share.
+
+An agent is one entry in a pipeline: its name (also its LoRA adapter's name and its metric
+prefix), its role (the system prompt; the coach reads it too), a template for its input, and how
+it may act. Adding an agent is adding one entry.
+
+All agents share ONE base model (4-bit on a GPU: QLoRA) through one LoRA adapter each. The same
+base with every adapter disabled is the coach and the KL reference (SPEC §3, §4): no second copy.
+"""
+import logging
+import warnings
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+# Keep the console for the training table: bitsandbytes logs that an optional CPU kernel package
+# is absent, and peft calls a transformers property deprecated in v5 on every forward.
+logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
+warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*is deprecated")
+
+
+@dataclass(frozen=True)
+class Agent:
+    name: str                    # adapter name and metric prefix, e.g. "solver"
+    title: str                   # how teammates and the coach call it, e.g. "Problem Solver"
+    role: str                    # system prompt: who it is and what its action must achieve
+    input: str                   # user-turn template: {task}, {files}, {<agent>}, {<agent>_tool}
+    max_actions: int = 1         # actions per episode (a code agent acts again after its tool output)
+    uses_code: bool = False      # run its ```python blocks in the sandbox
+    max_new_tokens: int = 1024   # per action; the config can only lower it
+    writes: tuple[str, ...] = ()  # files its actions must leave in the workspace (data task)
+
+
+MATH = (
+    Agent("solver", "Problem Solver",
+          "You are the Problem Solver in a team of three agents (Problem Solver -> Code Executor -> "
+          "Verifier) that solves math problems. Solve the problem: reason step by step, concisely, "
+          "and put your final answer in \\boxed{}.",
+          "Problem:\n{task}"),
+    Agent("executor", "Code Executor",
+          "You are the Code Executor in a team of three agents (Problem Solver -> Code Executor -> "
+          "Verifier) that solves math problems. Check the Problem Solver's work by computing with "
+          "Python: write code in ```python blocks and print the values you need. The code is run and "
+          "you see its output, then you may act once more. End with the answer in \\boxed{}.",
+          "Problem:\n{task}\n\nThe Problem Solver's solution:\n{solver}",
+          max_actions=2, uses_code=True),
+    Agent("verifier", "Verifier",
+          "You are the Verifier in a team of three agents (Problem Solver -> Code Executor -> "
+          "Verifier) that solves math problems. You see the problem, the Code Executor's last message "
+          "and the output of its code. Check them and give the team's final answer in \\boxed{}.",
+          "Problem:\n{task}\n\nThe Code Executor's last message:\n{executor}\n\n"
+          "Output of its code:\n{executor_tool}"),
+)
+
+PIPELINES = {"math": MATH}
+
+
+def agent_input(agent: Agent, task_text: str, finals: dict[str, str], tools: dict[str, str],
+                files: str = "") -> str:
+    """Fill the agent's input template from the task and the previous agents' final actions."""
+    fields = {"task": task_text, "files": files}
+    fields.update(finals)
+    fields.update({f"{name}_tool": out for name, out in tools.items()})
+    return agent.input.format_map(_Missing(fields))
+
+
+class _Missing(dict):
+    def __missing__(self, key):  # an upstream agent that did not act, or ran no code
+        return "(no code was run)" if key.endswith("_tool") else "(nothing)"
+
+
+# --------------------------------------------------------------------------------------------
+# The shared model
+
+
+def resolve_model(name: str) -> str:
+    """Map "tiny"/"tiny-50m" to a locally built folder; Hub names and folders pass through."""
+    import tiny
+    return str(tiny.ensure_tiny_model(name)) if name in tiny.SIZES else name
+
+
+def guard_bnb_cpu_repack(model) -> int:
+    """Stop bitsandbytes >= 0.49 from repacking 4-bit weights in place on AVX512-BF16 CPUs.
+
+    The first eval-mode no-grad pass through a Linear4bit repacks its weight for a faster CPU
+    kernel; afterwards LoRA gradients through it are silently wrong (SPEC §6). No effect on GPU.
+    Returns the number of 4-bit layers guarded.
+    """
+    try:
+        from bitsandbytes.nn import Linear4bit
+    except ImportError:
+        return 0
+    layers = [m for m in model.modules() if isinstance(m, Linear4bit)]
+    for m in layers:
+        m.support_avx512bf16_for_cpu = False
+    return len(layers)
+
+
+def load_base(model_name: str, load_in_4bit: bool | None = None, device: str = "auto"):
+    """Load (tokenizer, base model) from a Hub name or a local folder.
+
+    4-bit NF4 with bf16 compute on CUDA by default, or wherever load_in_4bit=True asks; plain
+    bf16 (CUDA) / fp32 (CPU) otherwise. The tokenizer pads on the left, for batched generation.
+    """
+    from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # one bar per load is noise next to the step table
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if load_in_4bit is None:
+        load_in_4bit = device.startswith("cuda")
+    path = resolve_model(model_name)
+    compute = torch.bfloat16 if device.startswith("cuda") else torch.float32
+    kwargs = dict(dtype=compute)
+    if load_in_4bit:
+        kwargs["quantization_config"] = BitsAndBytesConfig(
+            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+            bnb_4bit_compute_dtype=compute)
+    if device.startswith("cuda"):
+        kwargs["device_map"] = {"": torch.device(device).index or 0}
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path, padding_side="left")
+        model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
+    except OSError as e:
+        raise ModelLoadError(
+            f"could not load model '{model_name}' ({str(e).splitlines()[0][:160]}); pass a local "
+            f"folder with --model, make sure the Hub is reachable, or use --preset tiny") from None
+    if tokenizer.pad_token is None:  # many base models ship without one; EOS is safe with masks
+        tokenizer.pad_token = tokenizer.eos_token
+    if not load_in_4bit:
+        model.to(device)
+    guard_bnb_cpu_repack(model)
+    model.requires_grad_(False)
+    return tokenizer, model
+
+
+class ModelLoadError(RuntimeError):
+    """The model name or folder cannot be loaded."""
+
+
+def add_adapters(model, agents, r: int = 16, alpha: int = 32, dropout: float = 0.0,
+                 init_from: str | Path | None = None):
+    """Wrap the base in a PeftModel with one LoRA adapter per agent (from init_from/<agent> if given).
+
+    dropout defaults to 0 so the log-probs of the update equal those of the rollout (PPO ratio 1
+    at the first step). Adapters load trainable: PeftModel.from_pretrained loads frozen otherwise.
+    """
+    from peft import LoraConfig, PeftModel, get_peft_model
+
+    names = [a.name for a in agents]
+    if init_from is not None:
+        first = Path(init_from) / names[0]
+        peft_model = PeftModel.from_pretrained(model, first, adapter_name=names[0], is_trainable=True)
+        for name in names[1:]:
+            peft_model.load_adapter(Path(init_from) / name, adapter_name=name, is_trainable=True)
+        return peft_model
+    config = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules="all-linear",
+                        task_type="CAUSAL_LM")
+    peft_model = get_peft_model(model, config, adapter_name=names[0])
+    for name in names[1:]:
+        peft_model.add_adapter(name, config)
+    return peft_model
+
+
+def adapter_parameters(model, name: str) -> list[torch.nn.Parameter]:
+    """The LoRA parameters of one agent's adapter (peft names them '...lora_A.<name>.weight')."""
+    return [p for n, p in model.named_parameters() if f".{name}." in n and "lora_" in n]
+
+
+def make_optimizers(model, agents, lr: float, weight_decay: float = 0.0, warmup_steps: int = 0):
+    """One AdamW (and LR schedule) per adapter.
+
+    One optimiser over all adapters would move the idle ones: their grads are zero but their Adam
+    moments are not (SPEC §6).
+    """
+    optimizers, schedulers = {}, {}
+    for a in agents:
+        params = adapter_parameters(model, a.name)
+        for p in params:  # set_adapter() freezes the others; the optimiser still owns them all
+            p.requires_grad_(True)
+        opt = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+        optimizers[a.name] = opt
+        schedulers[a.name] = torch.optim.lr_scheduler.LambdaLR(
+            opt, lambda step: min(1.0, (step + 1) / (warmup_steps + 1)))
+    return optimizers, schedulers
+
+
+@contextmanager
+def acting_as(model, name: str | None):
+    """Run the shared model as one agent (its adapter on), or as the coach/reference (name=None:
+    every adapter off, i.e. exactly the base model)."""
+    if name is None:
+        with model.disable_adapter():
+            yield model
+    else:
+        model.set_adapter(name)
+        yield model

@@ -1,0 +1,252 @@
+"""Rewards: the coach's process score for every action, and the outcome grader.
+
+The coach reads an action in context -- the task, the agent's role, exactly what the agent saw,
+what it wrote, what its code printed, which files it left -- and answers `PROCESS_SCORE: <0-10>`
+(SPEC §3). By default the coach is the shared base model with every adapter disabled.
+
+Two coach modes:
+- generate (the paper's): greedy rationale, then the score line. Unparsable -> one format retry
+  -> still unparsable: the action is *unscored* (no reward, out of the baseline and the loss,
+  counted in the logs). Never a made-up default.
+- logit (ours): the prompt ends in "PROCESS_SCORE: " and one forward pass reads the expected score
+  under the next-token distribution over 0..10, with the two-token "10" handled exactly.
+"""
+import re
+
+import torch
+
+from agents import Agent, acting_as
+from rollout import Action, Episode, generate, pad_left, render
+
+COACH_SYSTEM = ("You are a coach who evaluates the work of one agent in a team of AI agents. "
+                "You are fair, specific and strict.")
+SCORE_PREFIX = "PROCESS_SCORE: "
+RETRY = "Your reply did not end with the score line. Reply with the line PROCESS_SCORE: <integer from 0 to 10> and nothing else."
+_SCORE_RE = re.compile(r"PROCESS_SCORE\s*[:=]\s*\**\s*(-?\d+(?:\.\d+)?)", re.IGNORECASE)
+
+
+def parse_score(text: str) -> float | None:
+    """The last `PROCESS_SCORE: x` in text, clamped to [0, 10]; None if there is none."""
+    found = _SCORE_RE.findall(text or "")
+    return min(max(float(found[-1]), 0.0), 10.0) if found else None
+
+
+def clip_text(text: str, limit: int) -> str:
+    """Keep head and tail of a long text, saying how much was cut."""
+    if len(text) <= limit:
+        return text
+    half = limit // 2
+    return f"{text[:half]}\n[... {len(text) - limit} characters cut ...]\n{text[-half:]}"
+
+
+def coach_prompt(episode: Episode, action: Action, agents: tuple[Agent, ...], *, reference: str | None,
+                 rationale: bool, tool_chars: int = 2000, text_chars: int = 6000) -> str:
+    """The coach's user message for one action (see the module docstring for what it contains)."""
+    agent = next(a for a in agents if a.name == action.agent)
+    team = "\n".join(f"{i + 1}. {a.title}" + (" (runs Python)" if a.uses_code else "")
+                     for i, a in enumerate(agents))
+    seen = "\n\n".join(f"[{m['role']}]\n{m['content']}" for m in action.messages if m["role"] != "system")
+    parts = [
+        f"## Task\n{clip_text(episode.text, text_chars)}",
+        f"## The team, in order\n{team}",
+        f"## The agent to evaluate: {agent.title}, action {action.turn + 1} of at most {agent.max_actions}\n"
+        f"Its role: {agent.role}",
+        f"## What the agent saw\n{clip_text(seen, text_chars)}",
+        f"## The agent's action\n{clip_text(action.text, text_chars)}"
+        + ("\n[cut off by the length limit]" if action.truncated else ""),
+    ]
+    if agent.uses_code:
+        parts.append("## Output of its code\n" + clip_text(action.tool_output or "(no code was run)", tool_chars))
+    if episode.workdir is not None:
+        parts.append("## File trail\n" + file_trail(episode, agents, action))
+    if reference is not None:
+        parts.append(f"## Reference (the agent did not see this)\n{reference}")
+    ask = ("Explain briefly, then end with the line\nPROCESS_SCORE: <integer from 0 to 10>" if rationale
+           else "Reply with the line PROCESS_SCORE: <integer from 0 to 10>")
+    parts.append("## Your job\nScore how well this action does this agent's job, from 0 (useless or "
+                 "harmful) to 10 (perfect). Judge this agent only: do not blame it for mistakes in its "
+                 "input that it could not fix, and do not credit it for its teammates' work. " + ask)
+    return "\n\n".join(parts)
+
+
+def file_trail(episode: Episode, agents: tuple[Agent, ...], upto: Action) -> str:
+    """Which files each action left in the workspace, and which required files are missing, up to
+    and including `upto` -- so a FileNotFoundError downstream is blamed on the agent that forgot."""
+    lines, seen = [], set()
+    for a in episode.actions:
+        files = set(a.files_after or [])
+        new = sorted(files - seen)
+        lines.append(f"- after {a.agent} action {a.turn + 1}: new files {', '.join(new) or 'none'}")
+        seen |= files
+        if a is upto:
+            break
+    for agent in agents:
+        if agent.writes and any(a.agent == agent.name for a in episode.actions[:episode.actions.index(upto) + 1]):
+            missing = [f for f in agent.writes if f not in seen]
+            lines.append(f"- {agent.title} must write {', '.join(agent.writes)}: "
+                         + (f"MISSING {', '.join(missing)}" if missing else "all present"))
+    return "\n".join(lines)
+
+
+def score_distribution(p1: torch.Tensor, p2: torch.Tensor | None, candidates: dict[int, list[int]]) -> torch.Tensor:
+    """P(score = s), s = 0..10, from next-token distributions after "PROCESS_SCORE: ".
+
+    p1 [B, V]: distribution of the first score token. p2 [B, V] or None: distribution of the token
+    after the first token of the two-token candidate (e.g. "1" of "1","0"). candidates: score ->
+    its token ids (one token, or two whose first is itself a one-token candidate).
+    Returns [B, 11], rows summing to 1 (mass on out-of-range numbers like "12" is renormalised away).
+
+    Naive loop:
+        for b in range(B):
+            for s in range(11):
+                ids = candidates[s]
+                if len(ids) == 2: P[b, s] = p1[b, ids[0]] * p2[b, ids[1]]
+                elif ids[0] is the prefix of a two-token candidate:
+                    P[b, s] = p1[b, ids[0]] * (1 - sum of p2[b, d] over one-token digits d)
+                else: P[b, s] = p1[b, ids[0]]
+            P[b] /= P[b].sum()
+    """
+    prefix = {ids[0] for ids in candidates.values() if len(ids) == 2}
+    digits = [ids[0] for s, ids in candidates.items() if len(ids) == 1 and s < 10]
+    cols = []
+    for s in range(11):
+        ids = candidates[s]
+        if len(ids) == 2:
+            cols.append(p1[:, ids[0]] * p2[:, ids[1]])
+        elif ids[0] in prefix:
+            cols.append(p1[:, ids[0]] * (1 - p2[:, digits].sum(dim=1)))
+        else:
+            cols.append(p1[:, ids[0]])
+    P = torch.stack(cols, dim=1).clamp(min=0)
+    return P / P.sum(dim=1, keepdim=True).clamp(min=1e-12)
+
+
+class LLMCoach:
+    """The coach: the shared base model with adapters disabled (or any causal LM)."""
+
+    def __init__(self, model, tokenizer, agents: tuple[Agent, ...], mode: str = "generate",
+                 show_answer: bool = True, max_new_tokens: int = 256, batch_size: int = 16,
+                 tool_chars: int = 2000):
+        self.model, self.tokenizer, self.agents, self.mode = model, tokenizer, agents, mode
+        self.show_answer, self.max_new_tokens = show_answer, max_new_tokens
+        self.batch_size, self.tool_chars = batch_size, tool_chars
+        self.retries = 0
+        if mode == "logit":
+            self.prefix_ids, self.candidates = score_candidates(tokenizer)
+
+    def prompt(self, episode: Episode, action: Action) -> list[dict]:
+        final = action.agent == self.agents[-1].name
+        reference = reference_for_coach(episode) if (self.show_answer and final) else None
+        text = coach_prompt(episode, action, self.agents, reference=reference,
+                            rationale=self.mode == "generate", tool_chars=self.tool_chars)
+        return [{"role": "system", "content": COACH_SYSTEM}, {"role": "user", "content": text}]
+
+    def score(self, items: list[tuple[Episode, Action]]) -> list[float | None]:
+        """Process scores 0..10 for (episode, action) pairs, all in batched passes; None = unscored."""
+        if not items:
+            return []
+        convs = [self.prompt(ep, a) for ep, a in items]
+        with acting_as(self.model, None):
+            return self._logit(convs) if self.mode == "logit" else self._generate(convs)
+
+    def _generate(self, convs: list[list[dict]]) -> list[float | None]:
+        outs = generate(self.model, self.tokenizer, [render(self.tokenizer, c) for c in convs],
+                        self.max_new_tokens, temperature=0.0, batch_size=self.batch_size)
+        texts = [self.tokenizer.decode(ids, skip_special_tokens=True) for ids, _ in outs]
+        scores = [parse_score(t) for t in texts]
+        retry = [i for i, s in enumerate(scores) if s is None]
+        if retry:  # one format retry (SPEC §3), then the action stays unscored
+            self.retries += len(retry)
+            again = [convs[i] + [{"role": "assistant", "content": texts[i]}, {"role": "user", "content": RETRY}]
+                     for i in retry]
+            outs = generate(self.model, self.tokenizer, [render(self.tokenizer, c) for c in again],
+                            16, temperature=0.0, batch_size=self.batch_size)
+            for i, (ids, _) in zip(retry, outs):
+                scores[i] = parse_score(self.tokenizer.decode(ids, skip_special_tokens=True))
+        return scores
+
+    @torch.no_grad()
+    def _logit(self, convs: list[list[dict]]) -> list[float]:
+        """One forward pass per batch over prompt + "PROCESS_SCORE: " + the first token of "10"."""
+        second = next((ids[0] for ids in self.candidates.values() if len(ids) == 2), None)
+        seqs = [render(self.tokenizer, c) + self.prefix_ids + ([second] if second is not None else [])
+                for c in convs]
+        values = torch.arange(11, dtype=torch.float32)
+        scores = [0.0] * len(seqs)
+        order = sorted(range(len(seqs)), key=lambda i: len(seqs[i]))
+        self.model.eval()
+        for start in range(0, len(order), self.batch_size):
+            chunk = order[start:start + self.batch_size]
+            ids, mask = pad_left([seqs[i] for i in chunk], self.tokenizer.pad_token_id, self.model.device)
+            pos = (mask.cumsum(-1) - 1).clamp(min=0)
+            logits = self.model(input_ids=ids, attention_mask=mask, position_ids=pos,
+                                logits_to_keep=2).logits.float()
+            if second is None:
+                p1, p2 = logits[:, -1].softmax(-1), None
+            else:
+                p1, p2 = logits[:, -2].softmax(-1), logits[:, -1].softmax(-1)
+            expected = score_distribution(p1.cpu(), None if p2 is None else p2.cpu(), self.candidates) @ values
+            for i, e in zip(chunk, expected.tolist()):
+                scores[i] = e
+        return scores
+
+
+def score_candidates(tokenizer) -> tuple[list[int], dict[int, list[int]]]:
+    """Token ids of SCORE_PREFIX and of each score 0..10 as it would follow the prefix."""
+    prefix = tokenizer.encode(SCORE_PREFIX, add_special_tokens=False)
+    candidates = {}
+    for s in range(11):
+        full = tokenizer.encode(SCORE_PREFIX + str(s), add_special_tokens=False)
+        if full[:len(prefix)] != prefix:
+            raise ValueError("the logit coach needs a tokenizer that keeps 'PROCESS_SCORE: ' apart from "
+                             "the number after it; use --coach generate with this model")
+        candidates[s] = full[len(prefix):]
+    ones = {ids[0] for ids in candidates.values() if len(ids) == 1}
+    for s, ids in candidates.items():
+        if len(ids) > 2 or (len(ids) == 2 and ids[0] not in ones):
+            raise ValueError(f"the logit coach cannot read score {s} (tokens {ids}) exactly with this "
+                             "tokenizer; use --coach generate")
+    return prefix, candidates
+
+
+def reference_for_coach(episode: Episode) -> str:
+    """What the coach may see about the truth when scoring the final agent (the paper's choice)."""
+    if hasattr(episode.task, "answer") and isinstance(episode.task.answer, str):
+        return f"The correct final answer is {episode.task.answer}."
+    o = episode.outcome
+    return f"Grader verdict on the submission: {'valid' if o.get('success') else 'invalid'}" + (
+        f" ({o.get('reason')})" if o.get("reason") else "") + "; " + ", ".join(
+        f"{k} = {v:.4g}" for k, v in o.items() if isinstance(v, float))
+
+
+def grade(episode: Episode, agents: tuple[Agent, ...]) -> None:
+    """The outcome: sets episode.answer / .correct (math), or .outcome and .correct (data)."""
+    if episode.workdir is not None:  # data task: score the submission the analyst wrote
+        from pathlib import Path
+
+        import tabular
+        episode.outcome = tabular.score_submission(episode.task, Path(episode.workdir) / "submission.csv")
+        episode.correct = bool(episode.outcome["success"])
+        return
+    import tasks
+    final = episode.final_action(agents[-1].name)
+    episode.answer = tasks.extract_boxed(final.text) if final else None
+    episode.correct = tasks.is_equiv(episode.answer, episode.task.answer)
+
+
+def assign_rewards(episodes: list[Episode], mode: str = "process", outcome_weight: float = 0.5) -> None:
+    """Set every action's reward in [0, 1] (None = not trained on).
+
+    process: the coach's score / 10 (the method); outcome: every action of an episode gets the
+    episode's outcome, 1 or 0 (the ablation baseline); mixed: (1 - w) * score / 10 + w * outcome.
+    """
+    for ep in episodes:
+        outcome = 1.0 if ep.correct else 0.0
+        for a in ep.actions:
+            process = None if a.score is None else a.score / 10.0
+            if mode == "outcome":
+                a.reward = outcome
+            elif mode == "process":
+                a.reward = process
+            else:
+                a.reward = None if process is None else (1 - outcome_weight) * process + outcome_weight * outcome

@@ -1,0 +1,194 @@
+"""Roll out a batch of episodes, stage by stage.
+
+Every agent acts on all episodes of the batch at once: one batched `generate` per stage and turn
+(left padding, length-sorted chunks), not one episode at a time. A code agent's ```python blocks
+run in the sandbox in parallel; the output goes back as a tool turn rendered by the tokenizer's
+own chat template, and the agent may act again.
+
+Each Action keeps the exact token context it was generated from (`prompt_ids`) and its sampled
+tokens (`action_ids`), so the update trains on precisely what the policy saw (SPEC §2: the
+official code stored the wrong context for an agent's second action).
+"""
+import shutil
+import tempfile
+from pathlib import Path
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+import sandbox
+from agents import Agent, acting_as, agent_input
+
+
+@dataclass
+class Action:
+    agent: str                  # name of the agent that acted
+    turn: int                   # 0-based index of this action among the agent's actions in the episode
+    messages: list[dict]        # the conversation it was generated from (readable form of prompt_ids)
+    prompt_ids: list[int]       # the exact token context
+    action_ids: list[int]       # sampled tokens, ending with an end-of-turn token unless truncated
+    text: str
+    truncated: bool             # cut off by the length limit: zero loss (SPEC §4)
+    tool_output: str | None = None   # sandbox result as the agent and coach read it
+    tool_status: str | None = None   # ok | error | timeout | killed; None when no code ran
+    files_after: list[str] | None = None  # workspace listing after the action (data task)
+    score: float | None = None  # coach process score 0..10; None = unscored (excluded, counted)
+    reward: float | None = None  # what the update uses, in [0, 1]; None = not trained on
+
+
+@dataclass
+class Episode:
+    task: Any                   # a tasks.Problem or a tabular.TabularTask
+    text: str                   # the task as the agents read it
+    actions: list[Action] = field(default_factory=list)
+    workdir: str | None = None  # shared workspace (data task); None: each code action gets a fresh one
+    answer: str | None = None   # the episode's answer (math: the final agent's last \boxed{})
+    correct: bool | None = None
+    outcome: dict = field(default_factory=dict)  # grader details (data task metrics)
+    error: str | None = None    # set if the episode failed during rollout; it is then dropped
+
+    def final_action(self, agent: str) -> Action | None:
+        mine = [a for a in self.actions if a.agent == agent]
+        return mine[-1] if mine else None
+
+
+def list_files(folder: str) -> list[str]:
+    """Sorted names of the files in a workspace (what the agents and the coach are shown)."""
+    return sorted(p.name for p in Path(folder).iterdir() if p.is_file())
+
+
+def render(tokenizer, messages: list[dict]) -> list[int]:
+    """Token ids of a conversation plus the assistant prefix, via the tokenizer's chat template.
+
+    Templates without a tool role (or system role) get the turn folded into a user turn instead.
+    """
+    try:
+        return tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True,
+                                             return_dict=False)
+    except Exception:  # jinja raises on unsupported roles; fold them into user turns
+        folded, system = [], ""
+        for m in messages:
+            if m["role"] == "system":
+                system = m["content"] + "\n\n"
+            elif m["role"] == "tool":
+                folded.append({"role": "user", "content": "Tool output:\n" + m["content"]})
+            else:
+                folded.append(dict(m))
+        if folded and folded[0]["role"] == "user":
+            folded[0]["content"] = system + folded[0]["content"]
+        return tokenizer.apply_chat_template(folded, add_generation_prompt=True, tokenize=True,
+                                             return_dict=False)
+
+
+def stop_ids(model, tokenizer) -> set[int]:
+    """Every token id that ends a turn: the generation config's EOS ids and the tokenizer's."""
+    eos = model.generation_config.eos_token_id
+    ids = set(eos if isinstance(eos, (list, tuple)) else [eos] if eos is not None else [])
+    return ids | ({tokenizer.eos_token_id} if tokenizer.eos_token_id is not None else set())
+
+
+def pad_left(seqs: list[list[int]], pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Left-pad token lists into (input_ids [B, L], attention_mask [B, L])."""
+    L = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), L), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(seqs), L), dtype=torch.long)
+    for i, s in enumerate(seqs):
+        ids[i, L - len(s):] = torch.tensor(s, dtype=torch.long)
+        mask[i, L - len(s):] = 1
+    return ids.to(device), mask.to(device)
+
+
+@torch.no_grad()
+def generate(model, tokenizer, prompts: list[list[int]], max_new_tokens: int, temperature: float,
+             batch_size: int) -> list[tuple[list[int], bool]]:
+    """Sample one action per prompt, batched. Returns [(action_ids, truncated)] in prompt order.
+
+    Sampling is from the model's plain softmax at `temperature` (no top-k/top-p, no repetition
+    penalty from the model's generation config), so the update's log-probs are the true policy's.
+    Prompts are sorted by length before chunking, which cuts padding.
+    """
+    from transformers import GenerationConfig
+
+    stops = stop_ids(model, tokenizer)
+    gen_config = GenerationConfig(
+        max_new_tokens=max_new_tokens, do_sample=temperature > 0, temperature=temperature or 1.0,
+        top_k=0, top_p=1.0, repetition_penalty=1.0, eos_token_id=sorted(stops),
+        pad_token_id=tokenizer.pad_token_id)
+    model.eval()  # KV cache on, no dropout, no gradient checkpointing
+    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
+    results: list[tuple[list[int], bool]] = [([], True)] * len(prompts)
+    for start in range(0, len(order), batch_size):
+        chunk = order[start:start + batch_size]
+        ids, mask = pad_left([prompts[i] for i in chunk], tokenizer.pad_token_id, model.device)
+        out = model.generate(input_ids=ids, attention_mask=mask, generation_config=gen_config)
+        for i, row in zip(chunk, out[:, ids.shape[1]:].tolist()):
+            end = next((t for t, tok in enumerate(row) if tok in stops), None)
+            results[i] = (row[:end + 1], False) if end is not None else (row, True)
+    return results
+
+
+def rollout(model, tokenizer, agents: tuple[Agent, ...], episodes: list[Episode], *,
+            temperature: float, max_new_tokens: int, batch_size: int,
+            limits: "sandbox.Limits", tool_chars: int = 2000, use_adapters: bool = True) -> list[Episode]:
+    """Run every agent, in pipeline order, on all episodes; fills episode.actions in place.
+
+    use_adapters=False runs the untrained pipeline: the base model acts as every agent."""
+    finals: dict[int, dict[str, str]] = {id(ep): {} for ep in episodes}
+    tools: dict[int, dict[str, str]] = {id(ep): {} for ep in episodes}
+    for agent in agents:
+        convs = {}
+        for ep in episodes:
+            files = ", ".join(list_files(ep.workdir)) if ep.workdir else ""
+            user = agent_input(agent, ep.text, finals[id(ep)], tools[id(ep)], files=files)
+            convs[id(ep)] = [{"role": "system", "content": agent.role}, {"role": "user", "content": user}]
+        active = list(episodes)
+        for turn in range(agent.max_actions):
+            if not active:
+                break
+            prompts = [render(tokenizer, convs[id(ep)]) for ep in active]
+            with acting_as(model, agent.name if use_adapters else None):
+                outs = generate(model, tokenizer, prompts, min(max_new_tokens, agent.max_new_tokens),
+                                temperature, batch_size)
+            actions = []
+            for ep, prompt, (ids, truncated) in zip(active, prompts, outs):
+                text = tokenizer.decode(ids, skip_special_tokens=True)
+                action = Action(agent.name, turn, [dict(m) for m in convs[id(ep)]], prompt, ids, text,
+                                truncated)
+                ep.actions.append(action)
+                finals[id(ep)][agent.name] = text
+                actions.append(action)
+            active = run_code_turn(agent, active, actions, convs, tools, limits, tool_chars) \
+                if agent.uses_code else []
+    return episodes
+
+
+def run_code_turn(agent, episodes, actions, convs, tools, limits, tool_chars) -> list[Episode]:
+    """Run the code blocks of this turn's actions in parallel; return the episodes that act again."""
+    jobs, owners, scratch = [], [], []
+    for ep, action in zip(episodes, actions):
+        blocks = sandbox.extract_code_blocks(action.text)
+        if not blocks:
+            continue
+        workdir = ep.workdir or tempfile.mkdtemp(prefix="mappa-")
+        if ep.workdir is None:
+            scratch.append(workdir)
+        jobs.append(("\n\n".join(blocks), workdir))
+        owners.append((ep, action))
+    try:
+        results = sandbox.run_many(jobs, limits) if jobs else []
+    finally:
+        for d in scratch:
+            shutil.rmtree(d, ignore_errors=True)
+    again = []
+    for (ep, action), result in zip(owners, results):
+        action.tool_output = result.as_tool_output(tool_chars)
+        action.tool_status = result.status
+        if ep.workdir:
+            action.files_after = list_files(ep.workdir)
+        tools[id(ep)][agent.name] = action.tool_output
+        if action.turn + 1 < agent.max_actions:
+            convs[id(ep)] += [{"role": "assistant", "content": action.text},
+                              {"role": "tool", "content": action.tool_output}]
+            again.append(ep)
+    return again

@@ -1,0 +1,35 @@
+"""Shared fixtures: a tiny random model built once per test session, offline, in a temp cache."""
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+
+@pytest.fixture(scope="session", autouse=True)
+def tiny_cache(tmp_path_factory):
+    """Every test (and every subprocess it starts) builds/loads tiny models in one fresh folder."""
+    os.environ["MAPPA_CACHE"] = str(tmp_path_factory.mktemp("mappa-cache"))
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    import tiny
+    tiny.ensure_tiny_model("tiny")
+    return Path(os.environ["MAPPA_CACHE"])
+
+
+@pytest.fixture
+def policy():
+    """A fresh tiny model (fp32) with one LoRA adapter per math agent, adapters made non-zero so
+    that adapter-on and adapter-off differ."""
+    import torch
+
+    from agents import MATH, add_adapters, load_base
+    tokenizer, base = load_base("tiny", load_in_4bit=False, device="cpu")
+    model = add_adapters(base, MATH, r=4, alpha=8)
+    torch.manual_seed(0)
+    for name, p in model.named_parameters():
+        if "lora_B" in name:
+            torch.nn.init.normal_(p, std=0.02)
+    return tokenizer, model
