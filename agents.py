@@ -54,7 +54,49 @@ MATH = (
           "Output of its code:\n{executor_tool}"),
 )
 
-PIPELINES = {"math": MATH}
+_DATA_TEAM = ("You are the {title} in a team of three agents (Data Engineer -> Modeler -> Analyst) that "
+              "solves a tabular machine-learning task in a shared folder. ")
+_DATA_TOOLS = ("Write Python in ```python blocks: they run in the shared folder (pandas, numpy, scikit-learn "
+               "and joblib are installed; no internet) and you see the output and may act again: at most 4 "
+               "actions in all. Each run is a new Python process: variables do not carry over, only files do. Print "
+               "short summaries (shapes, columns, scores), never whole tables. The test answers are hidden: "
+               "never search for them or make them up. ")
+DATA = (
+    Agent("engineer", "Data Engineer",
+          _DATA_TEAM.format(title="Data Engineer") + "Your job: prepare the data. " + _DATA_TOOLS +
+          "Read train.csv and test.csv with pandas. Build numeric features the same way for both tables, "
+          "fitting on train.csv only: fill missing values, encode text columns, drop the id column and the "
+          "target. Save with DataFrame.to_pickle / Series.to_pickle: X_train.pkl (train features), "
+          "y_train.pkl (the target with its original labels) and X_test.pkl (test features: the same "
+          "columns, one row per test.csv row, in test.csv order); save fitted transformers with "
+          "joblib.dump (e.g. preprocess.pkl). When all three files are saved, reply without code and say "
+          "what you saved.",
+          "Task:\n{task}\n\nFiles in the workspace: {files}",
+          max_actions=4, uses_code=True, writes=("X_train.pkl", "y_train.pkl", "X_test.pkl")),
+    Agent("modeler", "Modeler",
+          _DATA_TEAM.format(title="Modeler") + "Your job: train the model. " + _DATA_TOOLS +
+          "Load X_train.pkl and y_train.pkl with pandas.read_pickle (the Data Engineer wrote them; do not "
+          "redo its work unless a file is missing or broken). Fit a scikit-learn classifier or regressor "
+          "that suits the task, check it with cross-validation or a validation split and print the score "
+          "for the task's metric. Save the fitted model with joblib.dump(model, 'model.pkl'). When "
+          "model.pkl is saved, reply without code and say which model you chose and its validation score.",
+          "Task:\n{task}\n\nFiles in the workspace: {files}\n\n"
+          "The Data Engineer's last message:\n{engineer}\n\nOutput of its last code:\n{engineer_tool}",
+          max_actions=4, uses_code=True, writes=("model.pkl",)),
+    Agent("analyst", "Analyst",
+          _DATA_TEAM.format(title="Analyst") + "Your job: the submission. " + _DATA_TOOLS +
+          "Load model.pkl with joblib.load and X_test.pkl with pandas.read_pickle, predict, and write "
+          "submission.csv with DataFrame.to_csv(..., index=False): the id column taken from test.csv and "
+          "the target column named as in the task, one row per test.csv row in test.csv order. Where the "
+          "task asks for a probability, write the probability of the positive class (predict_proba). Print "
+          "the number of rows and the first rows. When submission.csv is written, reply without code.",
+          "Task:\n{task}\n\nFiles in the workspace: {files}\n\n"
+          "The Data Engineer's last message:\n{engineer}\n\nOutput of its last code:\n{engineer_tool}\n\n"
+          "The Modeler's last message:\n{modeler}\n\nOutput of its last code:\n{modeler_tool}",
+          max_actions=4, uses_code=True, writes=("submission.csv",)),
+)
+
+PIPELINES = {"math": MATH, "data": DATA}
 
 
 def agent_input(agent: Agent, task_text: str, finals: dict[str, str], tools: dict[str, str],

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import torch
 
+import datatask
 import sandbox
 from agents import PIPELINES, ModelLoadError, add_adapters, load_base
 from config import Config, UserError, fail, load_config
@@ -51,6 +52,7 @@ def evaluate(model, tokenizer, cfg: Config, agents, *, k: int = 4, temperature: 
             items = [(ep, a) for ep in batch for a in ep.actions]
             for (_, a), s in zip(items, coach.score(items)):
                 a.score = s
+        datatask.remove_workspaces(batch)  # data task: graded and coached, the files are done with
         episodes += batch
         if progress:
             print(f"  evaluated {min(start + chunk, len(tasks))}/{len(tasks)} tasks", file=sys.stderr, flush=True)
@@ -66,6 +68,8 @@ def summarize(episodes, agents, k: int) -> dict:
         f"pass@{k}": mean([pass_at_k(len(eps), sum(bool(e.correct) for e in eps), k) for eps in by_task.values()]),
         "tasks": len(by_task), "episodes": len(episodes),
     }
+    if episodes and episodes[0].workdir is not None:  # data task: success, metrics, fair means
+        summary |= datatask.outcome_summary(episodes)
     for agent in agents:
         acts = [a for ep in episodes for a in ep.actions if a.agent == agent.name]
         summary[f"{agent.name}/score_mean"] = mean([a.score for a in acts])
@@ -73,6 +77,7 @@ def summarize(episodes, agents, k: int) -> dict:
         if agent.uses_code:
             summary[f"{agent.name}/tool_use"] = mean([float(a.tool_status is not None) for a in acts])
     tasks_out = [{"id": tid, "correct": [bool(e.correct) for e in eps], "answers": [e.answer for e in eps]}
+                 | ({"outcomes": [e.outcome for e in eps]} if eps[0].workdir is not None else {})
                  for tid, eps in by_task.items()]
     return {"summary": summary, "tasks": tasks_out}
 
@@ -103,12 +108,15 @@ def main(argv=None) -> None:
     p.add_argument("--data", default=None, help="held-out tasks (default: the run's --eval-data)")
     p.add_argument("--coach", action=argparse.BooleanOptionalAction, default=True, help="score actions with the coach")
     p.add_argument("--seed", type=int, default=0, help="sampling seed")
+    p.add_argument("--task", choices=sorted(PIPELINES), default=None, help="check that the run is of this task")
     args = p.parse_args(argv)
     try:
         if args.k < 1 or args.temperature < 0 or (args.limit is not None and args.limit < 1):
             raise UserError("--k and --limit must be >= 1 and --temperature >= 0")
         run_dir = Path(args.run_dir)
         cfg = load_config(run_dir)
+        if args.task and args.task != cfg.task:
+            raise UserError(f"{run_dir} is a {cfg.task} run, not {args.task}; drop --task or pick another run")
         if not args.base and not (run_dir / "adapters").is_dir():
             raise UserError(f"{run_dir} has no trained adapters yet (no adapters/ folder); use --base or wait for a checkpoint")
         agents = PIPELINES[cfg.task]

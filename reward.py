@@ -70,21 +70,36 @@ def coach_prompt(episode: Episode, action: Action, agents: tuple[Agent, ...], *,
 
 
 def file_trail(episode: Episode, agents: tuple[Agent, ...], upto: Action) -> str:
-    """Which files each action left in the workspace, and which required files are missing, up to
-    and including `upto` -- so a FileNotFoundError downstream is blamed on the agent that forgot."""
-    lines, seen = [], set()
+    """Which files each action added or removed, up to and including `upto`, and which files each
+    agent that has acted was required to leave but did not -- so a FileNotFoundError downstream is
+    blamed on the agent that forgot to save the file, not on the one that tripped over it.
+
+    A requirement counts as met by the files present after the agent's own last action."""
+    from datatask import describe_files
+
+    titles = {a.name: a.title for a in agents}
+    before = dict(episode.start_files or {})
+    lines = [f"- at the start: {describe_files(before)}"]
+    left: dict[str, dict[str, int]] = {}  # agent -> the files after its last action so far
+    ever = set(before)
     for a in episode.actions:
-        files = set(a.files_after or [])
-        new = sorted(files - seen)
-        lines.append(f"- after {a.agent} action {a.turn + 1}: new files {', '.join(new) or 'none'}")
-        seen |= files
+        now = a.files_after if a.files_after is not None else before
+        ever |= set(now)
+        new = {f: n for f, n in now.items() if f not in before}
+        gone = [f for f in before if f not in now]
+        code = "no code" if a.tool_status is None else f"code: {a.tool_status}"
+        lines.append(f"- after {titles.get(a.agent, a.agent)} action {a.turn + 1} ({code}): "
+                     f"new files {describe_files(new) if new else 'none'}"
+                     + (f"; removed {', '.join(gone)}" if gone else ""))
+        left[a.agent], before = now, now
         if a is upto:
             break
     for agent in agents:
-        if agent.writes and any(a.agent == agent.name for a in episode.actions[:episode.actions.index(upto) + 1]):
-            missing = [f for f in agent.writes if f not in seen]
+        if agent.writes and agent.name in left:
+            missing = [f for f in agent.writes if f not in left[agent.name]]
             lines.append(f"- {agent.title} must write {', '.join(agent.writes)}: "
-                         + (f"MISSING {', '.join(missing)}" if missing else "all present"))
+                         + ("MISSING " + ", ".join(f + (" (removed)" if f in ever else " (never written)")
+                                                   for f in missing) if missing else "all present"))
     return "\n".join(lines)
 
 
@@ -214,9 +229,9 @@ def reference_for_coach(episode: Episode) -> str:
     if hasattr(episode.task, "answer") and isinstance(episode.task.answer, str):
         return f"The correct final answer is {episode.task.answer}."
     o = episode.outcome
+    metrics = ", ".join(f"{k} = {v:.4g}" for k, v in o.items() if isinstance(v, float))
     return f"Grader verdict on the submission: {'valid' if o.get('success') else 'invalid'}" + (
-        f" ({o.get('reason')})" if o.get("reason") else "") + "; " + ", ".join(
-        f"{k} = {v:.4g}" for k, v in o.items() if isinstance(v, float))
+        f" ({o.get('reason')})" if o.get("reason") else "") + (f"; {metrics}" if metrics else "")
 
 
 def grade(episode: Episode, agents: tuple[Agent, ...]) -> None:

@@ -11,7 +11,6 @@ official code stored the wrong context for an agent's second action).
 """
 import shutil
 import tempfile
-from pathlib import Path
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -19,6 +18,7 @@ import torch
 
 import sandbox
 from agents import Agent, acting_as, agent_input
+from datatask import describe_files, workspace_files
 
 
 @dataclass
@@ -32,7 +32,7 @@ class Action:
     truncated: bool             # cut off by the length limit: zero loss (SPEC §4)
     tool_output: str | None = None   # sandbox result as the agent and coach read it
     tool_status: str | None = None   # ok | error | timeout | killed; None when no code ran
-    files_after: list[str] | None = None  # workspace listing after the action (data task)
+    files_after: dict[str, int] | None = None  # workspace {file: bytes} after the action (data task)
     score: float | None = None  # coach process score 0..10; None = unscored (excluded, counted)
     reward: float | None = None  # what the update uses, in [0, 1]; None = not trained on
 
@@ -43,6 +43,7 @@ class Episode:
     text: str                   # the task as the agents read it
     actions: list[Action] = field(default_factory=list)
     workdir: str | None = None  # shared workspace (data task); None: each code action gets a fresh one
+    start_files: dict[str, int] | None = None  # workspace {file: bytes} before the first action
     answer: str | None = None   # the episode's answer (math: the final agent's last \boxed{})
     correct: bool | None = None
     outcome: dict = field(default_factory=dict)  # grader details (data task metrics)
@@ -51,11 +52,6 @@ class Episode:
     def final_action(self, agent: str) -> Action | None:
         mine = [a for a in self.actions if a.agent == agent]
         return mine[-1] if mine else None
-
-
-def list_files(folder: str) -> list[str]:
-    """Sorted names of the files in a workspace (what the agents and the coach are shown)."""
-    return sorted(p.name for p in Path(folder).iterdir() if p.is_file())
 
 
 def render(tokenizer, messages: list[dict]) -> list[int]:
@@ -136,10 +132,13 @@ def rollout(model, tokenizer, agents: tuple[Agent, ...], episodes: list[Episode]
     use_adapters=False runs the untrained pipeline: the base model acts as every agent."""
     finals: dict[int, dict[str, str]] = {id(ep): {} for ep in episodes}
     tools: dict[int, dict[str, str]] = {id(ep): {} for ep in episodes}
+    for ep in episodes:
+        if ep.workdir:
+            ep.start_files = workspace_files(ep.workdir)
     for agent in agents:
         convs = {}
         for ep in episodes:
-            files = ", ".join(list_files(ep.workdir)) if ep.workdir else ""
+            files = describe_files(workspace_files(ep.workdir)) if ep.workdir else ""
             user = agent_input(agent, ep.text, finals[id(ep)], tools[id(ep)], files=files)
             convs[id(ep)] = [{"role": "system", "content": agent.role}, {"role": "user", "content": user}]
         active = list(episodes)
@@ -158,8 +157,12 @@ def rollout(model, tokenizer, agents: tuple[Agent, ...], episodes: list[Episode]
                 ep.actions.append(action)
                 finals[id(ep)][agent.name] = text
                 actions.append(action)
+            acted = list(zip(active, actions))
             active = run_code_turn(agent, active, actions, convs, tools, limits, tool_chars) \
                 if agent.uses_code else []
+            for ep, action in acted:  # the file trail: what each action left, code or not
+                if ep.workdir and action.files_after is None:
+                    action.files_after = workspace_files(ep.workdir)
     return episodes
 
 
@@ -184,11 +187,13 @@ def run_code_turn(agent, episodes, actions, convs, tools, limits, tool_chars) ->
     for (ep, action), result in zip(owners, results):
         action.tool_output = result.as_tool_output(tool_chars)
         action.tool_status = result.status
-        if ep.workdir:
-            action.files_after = list_files(ep.workdir)
+        tool_turn = action.tool_output
+        if ep.workdir:  # the agent sees whether its files were saved before it acts again
+            action.files_after = workspace_files(ep.workdir)
+            tool_turn += f"\n[Files in the workspace: {describe_files(action.files_after)}]"
         tools[id(ep)][agent.name] = action.tool_output
         if action.turn + 1 < agent.max_actions:
             convs[id(ep)] += [{"role": "assistant", "content": action.text},
-                              {"role": "tool", "content": action.tool_output}]
+                              {"role": "tool", "content": tool_turn}]
             again.append(ep)
     return again

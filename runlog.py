@@ -5,6 +5,7 @@ import math
 from dataclasses import asdict
 from pathlib import Path
 
+import datatask
 from rollout import Episode
 
 # column title, metric suffix, format
@@ -23,6 +24,8 @@ def rollout_metrics(episodes: list[Episode], agents) -> dict:
     """Per-agent action statistics and episode accuracy of one rollout batch."""
     m = {"episode/accuracy": mean([float(bool(ep.correct)) for ep in episodes]),
          "episode/count": len(episodes)}
+    if episodes and episodes[0].workdir is not None:  # data task: success rate, metric means, fair means
+        m |= {f"data/{k}": v for k, v in datatask.outcome_summary(episodes).items()}
     for agent in agents:
         acts = [a for ep in episodes for a in ep.actions if a.agent == agent.name]
         p = agent.name + "/"

@@ -315,22 +315,6 @@ def write_workspace(task: TabularTask, folder: Path) -> None:
     task.test.to_csv(folder / "test.csv", index=False)
 
 
-def describe_files(folder: Path) -> list[str]:
-    """Sorted relative file names with sizes, e.g. ["model.pkl (1.2 MB)", "train.csv (12.3 KB)"]."""
-    folder = Path(folder)
-    if not folder.is_dir():
-        return []
-    out = []
-    for p in sorted(folder.rglob("*")):
-        rel = p.relative_to(folder)
-        if p.is_file() and not any(s.startswith(".") or s == "__pycache__" for s in rel.parts):
-            size = p.stat().st_size
-            text = (f"{size} B" if size < 1024 else f"{size / 1024:.1f} KB" if size < 1024 ** 2
-                    else f"{size / 1024 ** 2:.1f} MB")
-            out.append(f"{rel.as_posix()} ({text})")
-    return out
-
-
 # ---------------------------------------------------------------- grading
 def _fail(reason: str) -> dict:
     return {"success": False, "reason": reason} | dict.fromkeys(

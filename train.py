@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 import checkpoint
+import datatask
 import rl
 import sandbox
 from agents import PIPELINES, ModelLoadError, acting_as, add_adapters, adapter_parameters, load_base, make_optimizers
@@ -73,10 +74,8 @@ def train(cfg: Config, *, coach=None, agents=None, tasks=None, grader=grade, qui
                 for (_, a), s in zip(items, coach.score(items)):
                     a.score = s
             assign_rewards(episodes, cfg.reward, cfg.outcome_weight)
-        finally:
-            for ep in episodes:  # workspaces are per episode; the coach has read the file trail
-                if ep.workdir:
-                    shutil.rmtree(ep.workdir, ignore_errors=True)
+        finally:  # workspaces are per episode; the grader and the coach have read them
+            datatask.remove_workspaces(episodes)
         t_coach = time.perf_counter()
         # 3. each agent learns from its own actions only, on its own adapter and optimiser
         metrics = {"step": step} | rollout_metrics(episodes, agents)
@@ -188,12 +187,7 @@ def new_episodes(tasks: list, samples: int) -> list[Episode]:
     for task in tasks:
         for _ in range(samples):
             if hasattr(task, "description"):
-                import tempfile
-
-                import tabular
-                workdir = tempfile.mkdtemp(prefix="mappa-ws-")
-                tabular.write_workspace(task, Path(workdir))
-                episodes.append(Episode(task, task.description, workdir=workdir))
+                episodes.append(Episode(task, task.description, workdir=datatask.new_workspace(task)))
             else:
                 episodes.append(Episode(task, task.problem))
     return episodes

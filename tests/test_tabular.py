@@ -252,13 +252,6 @@ def test_write_workspace_writes_no_answers(tmp_path):
     test = pd.read_csv(tmp_path / "ws" / "test.csv")
     assert task.target not in test.columns and len(test) == len(task.answers)
     assert len(pd.read_csv(tmp_path / "ws" / "train.csv")) == len(task.train)
-    (tmp_path / "ws" / "sub").mkdir()
-    (tmp_path / "ws" / "sub" / "model.pkl").write_bytes(b"x" * 2048)
-    (tmp_path / "ws" / ".hidden").write_text("x")
-    files = tb.describe_files(tmp_path / "ws")
-    assert [f.split(" ")[0] for f in files] == ["sub/model.pkl", "test.csv", "train.csv"]
-    assert files[0] == "sub/model.pkl (2.0 KB)" and files[1].endswith(" KB)")
-    assert tb.describe_files(tmp_path / "nowhere") == []
 
 
 def _write_folder(task, folder, drop_kind=True):
