@@ -17,7 +17,7 @@ import torch
 import datatask
 import sandbox
 from agents import PIPELINES, ModelLoadError, add_adapters, load_base
-from config import Config, UserError, fail, load_config
+from config import Config, UserError, OneLineParser, fail, load_config
 from reward import LLMCoach, grade
 from rollout import rollout
 from runlog import mean
@@ -99,7 +99,7 @@ def format_results(results: dict[str, dict]) -> str:
 
 
 def main(argv=None) -> None:
-    p = argparse.ArgumentParser(description="Evaluate a MAPPA run on held-out tasks.")
+    p = OneLineParser(description="Evaluate a MAPPA run on held-out tasks.")
     p.add_argument("run_dir", help="run folder written by train.py")
     p.add_argument("--base", action="store_true", help="evaluate the untrained pipeline (adapters off)")
     p.add_argument("--k", type=int, default=4, help="samples per task (avg@k, pass@k)")
@@ -109,8 +109,8 @@ def main(argv=None) -> None:
     p.add_argument("--coach", action=argparse.BooleanOptionalAction, default=True, help="score actions with the coach")
     p.add_argument("--seed", type=int, default=0, help="sampling seed")
     p.add_argument("--task", choices=sorted(PIPELINES), default=None, help="check that the run is of this task")
-    args = p.parse_args(argv)
     try:
+        args = p.parse_args(argv)
         if args.k < 1 or args.temperature < 0 or (args.limit is not None and args.limit < 1):
             raise UserError("--k and --limit must be >= 1 and --temperature >= 0")
         run_dir = Path(args.run_dir)
