@@ -46,6 +46,12 @@ class Config:
     coach_max_new_tokens: int = opt(256, "tokens the coach may write in generate mode")
     coach_batch_size: int = opt(16, "actions per batched coach pass")
     coach_sees_answer: bool = opt(True, "show the reference answer to the coach when it scores the final agent (paper: on)")
+    coach_url: str = opt("", "OpenAI-compatible endpoint of a coach served elsewhere, e.g. http://localhost:8000/v1 (default: the local base, adapters off)")
+    coach_model: str = opt("", "model name the --coach-url endpoint serves")
+    coach_api_key_env: str = opt("OPENAI_API_KEY", "environment variable holding the endpoint's API key (unset: no key is sent)")
+    coach_concurrency: int = opt(16, "requests in flight at once to --coach-url")
+    coach_timeout: float = opt(120.0, "seconds one request to --coach-url may take")
+    coach_retries: int = opt(3, "retries of a failed request (429, 5xx, timeout, unreadable reply) before the action is unscored")
     reward: str = opt("process", "process: coach score per action; outcome: episode result for every action; mixed", ("process", "outcome", "mixed"))
     outcome_weight: float = opt(0.5, "weight of the outcome in --reward mixed")
     # the update
@@ -100,6 +106,11 @@ def validate(cfg: Config) -> Config:
         (cfg.save_every >= 1 and cfg.keep_checkpoints >= 1, "--save-every and --keep-checkpoints must be >= 1"),
         (cfg.eval_every >= 0 and cfg.eval_problems >= 1 and cfg.log_samples >= 0, "--eval-every, --eval-problems, --log-samples out of range"),
         (cfg.coach_max_new_tokens >= 1, "--coach-max-new-tokens must be >= 1"),
+        (not cfg.coach_url or cfg.coach_url.startswith(("http://", "https://")), "--coach-url must start with http:// or https://"),
+        (not cfg.coach_url or cfg.coach_model, "--coach-url needs --coach-model (the model name the endpoint serves)"),
+        (not cfg.coach_url or cfg.coach == "generate", "a --coach-url coach writes its score (no logits): pass --coach generate"),
+        (cfg.coach_concurrency >= 1 and cfg.coach_timeout > 0 and cfg.coach_retries >= 0,
+         "--coach-concurrency must be >= 1, --coach-timeout > 0, --coach-retries >= 0"),
     ]
     for ok, message in checks:
         if not ok:
@@ -129,8 +140,10 @@ def build_parser(cls=Config, description: str = "") -> argparse.ArgumentParser:
     return parser
 
 
-# What may change when a run is resumed: everything else would make the resumed run a different run.
-RESUME_FLAGS = {"resume", "steps", "save_every", "keep_checkpoints", "eval_every", "log_samples"}
+# What may change when a run is resumed (bookkeeping, and where the same coach is served from):
+# everything else would make the resumed run a different run.
+RESUME_FLAGS = {"resume", "steps", "save_every", "keep_checkpoints", "eval_every", "log_samples",
+                "coach_url", "coach_api_key_env", "coach_concurrency", "coach_timeout", "coach_retries"}
 
 
 def parse_args(argv=None) -> Config:

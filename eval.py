@@ -17,8 +17,9 @@ import torch
 import datatask
 import sandbox
 from agents import PIPELINES, ModelLoadError, add_adapters, load_base
-from config import Config, UserError, OneLineParser, fail, load_config
-from reward import LLMCoach, grade
+from coach_api import make_coach
+from config import Config, OneLineParser, UserError, fail, load_config
+from reward import grade
 from rollout import rollout
 from runlog import mean
 from tasks import DataError
@@ -123,8 +124,7 @@ def main(argv=None) -> None:
         tokenizer, base = load_base(cfg.model, cfg.load_in_4bit, cfg.device)
         model = add_adapters(base, agents, r=cfg.lora_r, alpha=cfg.lora_alpha,
                              init_from=None if args.base else run_dir / "adapters")
-        coach = LLMCoach(model, tokenizer, agents, cfg.coach, cfg.coach_sees_answer, cfg.coach_max_new_tokens,
-                         cfg.coach_batch_size) if args.coach else None
+        coach = make_coach(cfg, model, tokenizer, agents) if args.coach else None  # the run's coach, local or --coach-url
         t0 = time.perf_counter()
         result = evaluate(model, tokenizer, cfg, agents, k=args.k, temperature=args.temperature, limit=args.limit,
                           data=args.data, coach=coach, use_adapters=not args.base, seed=args.seed, progress=True)

@@ -69,6 +69,16 @@ def coach_prompt(episode: Episode, action: Action, agents: tuple[Agent, ...], *,
     return "\n\n".join(parts)
 
 
+def coach_messages(episode: Episode, action: Action, agents: tuple[Agent, ...], *, show_answer: bool,
+                   rationale: bool, tool_chars: int = 2000) -> list[dict]:
+    """The coach's chat for one action: system + user message. The reference is shown only when
+    scoring the final agent, and only if show_answer (the paper's choice, SPEC §3)."""
+    final = action.agent == agents[-1].name
+    reference = reference_for_coach(episode) if (show_answer and final) else None
+    text = coach_prompt(episode, action, agents, reference=reference, rationale=rationale, tool_chars=tool_chars)
+    return [{"role": "system", "content": COACH_SYSTEM}, {"role": "user", "content": text}]
+
+
 def file_trail(episode: Episode, agents: tuple[Agent, ...], upto: Action) -> str:
     """Which files each action added or removed, up to and including `upto`, and which files each
     agent that has acted was required to leave but did not -- so a FileNotFoundError downstream is
@@ -150,11 +160,8 @@ class LLMCoach:
             self.prefix_ids, self.candidates = score_candidates(tokenizer)
 
     def prompt(self, episode: Episode, action: Action) -> list[dict]:
-        final = action.agent == self.agents[-1].name
-        reference = reference_for_coach(episode) if (self.show_answer and final) else None
-        text = coach_prompt(episode, action, self.agents, reference=reference,
-                            rationale=self.mode == "generate", tool_chars=self.tool_chars)
-        return [{"role": "system", "content": COACH_SYSTEM}, {"role": "user", "content": text}]
+        return coach_messages(episode, action, self.agents, show_answer=self.show_answer,
+                              rationale=self.mode == "generate", tool_chars=self.tool_chars)
 
     def score(self, items: list[tuple[Episode, Action]]) -> list[float | None]:
         """Process scores 0..10 for (episode, action) pairs, all in batched passes; None = unscored."""

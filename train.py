@@ -6,6 +6,7 @@
 Each step: tasks -> the agents act (rollout) -> the grader and the coach score every action ->
 advantages per agent -> one update per agent on its own adapter -> log -> checkpoint (and eval).
 """
+import math
 import random
 import sys
 import time
@@ -16,11 +17,13 @@ import torch
 
 import checkpoint
 import datatask
+import dist
 import rl
 import sandbox
 from agents import PIPELINES, ModelLoadError, acting_as, add_adapters, adapter_parameters, load_base, make_optimizers
+from coach_api import make_coach
 from config import Config, UserError, fail, parse_args
-from reward import LLMCoach, assign_rewards, grade
+from reward import assign_rewards, grade
 from rollout import Action, Episode, episode_guard, live, pad_left, rollout
 from runlog import RunLog, rollout_metrics
 from tasks import DataError
@@ -35,32 +38,41 @@ def train(cfg: Config, *, coach=None, agents=None, tasks=None, grader=grade, qui
     """
     # Every input is checked before anything is written: a typo never costs a run.
     agents = agents or PIPELINES[cfg.task]
-    run_dir, resuming = checkpoint.check_run_dir(cfg)
+    device = dist.init(cfg.device)  # data parallel (dist.py): joins the launcher's process group; alone a no-op
+    run_dir, resuming = dist.on_main(checkpoint.check_run_dir, cfg)  # rank 0 decides, every rank agrees
+    cfg.out_dir = cfg.out_dir or str(run_dir)
     train_tasks = tasks if tasks is not None else load_tasks(cfg.task, cfg.data, "train")
     seed_everything(cfg.seed)
-    tokenizer, base = load_base(cfg.model, cfg.load_in_4bit, cfg.device)
+    tokenizer, base = load_base(cfg.model, cfg.load_in_4bit, device)
     model = add_adapters(base, agents, r=cfg.lora_r, alpha=cfg.lora_alpha)
-    checkpoint.start_run_dir(cfg, run_dir, fresh=resuming is None)
+    dist.on_main(checkpoint.start_run_dir, cfg, run_dir, fresh=resuming is None)  # rank 0 writes
     if cfg.gradient_checkpointing:  # only active in train mode, i.e. in the update, never in rollouts
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     optimizers, schedulers = make_optimizers(model, agents, cfg.lr, cfg.weight_decay, cfg.warmup_steps)
-    coach = coach or LLMCoach(model, tokenizer, agents, cfg.coach, cfg.coach_sees_answer,
-                              cfg.coach_max_new_tokens, cfg.coach_batch_size)
+    coach = coach or make_coach(cfg, model, tokenizer, agents)  # local base (adapters off) or --coach-url
     sampler = checkpoint.TaskSampler(train_tasks, cfg.seed)
     limits = sandbox.Limits(timeout_s=cfg.code_timeout, memory_mb=cfg.code_memory_mb)
     log = RunLog(run_dir, agents, cfg.log_samples, quiet=quiet)
     names = [a.name for a in agents]
+    if dist.active():  # data parallel: rank 0's adapters on every rank, but each rank samples its own episodes
+        dist.broadcast_([p for n, p in model.named_parameters() if "lora_" in n])
+        seed_everything(cfg.seed + 100_003 * dist.rank())
     start = 0
     if resuming:
         state = checkpoint.load(resuming, model, names, optimizers, schedulers, sampler)
-        checkpoint.truncate_logs(run_dir, state["log_sizes"])
+        dist.resume_rank(state, checkpoint.set_rng_state)  # this rank's own RNG; same number of processes
+        if dist.is_main():
+            checkpoint.truncate_logs(run_dir, state["log_sizes"])
         start = state["step"]
-        print(f"resumed {run_dir} from step {start}", flush=True)
+        if dist.is_main():
+            print(f"resumed {run_dir} from step {start}", flush=True)
 
     for step in range(start + 1, cfg.steps + 1):
         t0 = time.perf_counter()
         # 1. tasks -> episodes, and every agent acts on all of them, stage by stage
-        batch = new_episodes(sampler.take(cfg.problems_per_step), cfg.samples_per_problem)
+        # (data parallel: every rank draws the same global list and keeps its own share; alone: all of it)
+        tasks_now = dist.shard(sampler.take(cfg.problems_per_step * dist.world_size()))
+        batch = new_episodes(tasks_now, cfg.samples_per_problem)
         try:
             rollout(model, tokenizer, agents, batch, temperature=cfg.temperature,
                     max_new_tokens=cfg.max_new_tokens, batch_size=cfg.gen_batch_size, limits=limits)
@@ -82,24 +94,30 @@ def train(cfg: Config, *, coach=None, agents=None, tasks=None, grader=grade, qui
             datatask.remove_workspaces(batch)
         t_coach = time.perf_counter()
         # 3. each agent learns from its own actions only, on its own adapter and optimiser
-        metrics = {"step": step, "episode/dropped": len(batch) - len(episodes)} | rollout_metrics(episodes, agents)
+        metrics = {"step": step, "episode/dropped": dist.sum_float(len(batch) - len(episodes))} \
+            | rollout_metrics(dist.gather_episodes(episodes), agents)  # the global batch
         for agent in agents:
             actions = [a for ep in episodes for a in ep.actions if a.agent == agent.name]
             stats = update_agent(model, agent.name, actions, optimizers[agent.name], cfg, schedulers[agent.name])
+            stats = dist.merge_update_stats(stats)
             metrics |= {f"{agent.name}/{k}": v for k, v in stats.items()}
         t_end = time.perf_counter()
         metrics |= {"time/step": t_end - t0, "time/rollout": t_rollout - t0,
                     "time/coach": t_coach - t_rollout, "time/update": t_end - t_coach}
         # 4. held-out evaluation, on its own RNG stream so training goes on exactly as without it
-        if cfg.eval_every and step % cfg.eval_every == 0:
+        if cfg.eval_every and step % cfg.eval_every == 0 and dist.is_main():
             import eval as evaluation
             with torch.random.fork_rng():
                 result = evaluation.evaluate(model, tokenizer, cfg, agents, k=1, limit=cfg.eval_problems)
             metrics |= {f"eval/{k}": v for k, v in result["summary"].items()}
-        # 5. log and checkpoint
-        log.log(metrics, episodes)
+        # 5. log and checkpoint (data parallel: rank 0 writes; the checkpoint has every rank's RNG state)
+        if dist.is_main():
+            log.log(metrics, episodes)
         if step % cfg.save_every == 0 or step == cfg.steps:
-            checkpoint.save(run_dir, step, model, names, optimizers, schedulers, sampler, cfg.keep_checkpoints, cfg)
+            extra = dist.rank_states(checkpoint.rng_state)
+            dist.on_main(checkpoint.save, run_dir, step, model, names, optimizers, schedulers, sampler,
+                         cfg.keep_checkpoints, cfg, extra=extra)
+            dist.barrier()
     return run_dir
 
 
@@ -113,9 +131,9 @@ def update_agent(model, name: str, actions: list[Action], optimizer, cfg: Config
     train_on = [a for a in actions if a.reward is not None and not a.truncated]
     stats = {"trained": len(train_on), "loss": float("nan"), "kl": float("nan"), "clip_frac": float("nan"),
              "grad_norm": float("nan"), "skipped": 0, "lr": optimizer.param_groups[0]["lr"]}
-    if not train_on:
+    if not train_on and not dist.active():  # data parallel: a rank with none still joins every collective
         return stats
-    T = max(len(a.action_ids) for a in train_on)
+    T = max((len(a.action_ids) for a in train_on), default=1)
     mask = torch.zeros(len(train_on), T)
     for i, a in enumerate(train_on):
         mask[i, :len(a.action_ids)] = 1
@@ -127,18 +145,23 @@ def update_agent(model, name: str, actions: list[Action], optimizer, cfg: Config
     kl = rl.kl_k1(logp_old, logp_ref)
     rewards = torch.tensor([a.reward for a in train_on])
     returns = rl.returns_to_go(rl.token_rewards(rewards, kl, mask, cfg.beta), mask)
-    advantages = rl.normalize_advantages(returns, mask)
+    moments = dist.all_sum(rl.masked_moments(returns, mask))  # data parallel: the GLOBAL batch's baseline
+    if moments[2] == 0:  # no rank has an action of this agent to train on
+        return stats
+    advantages = rl.normalize_advantages(returns, mask, moments)
     stats["kl"] = ((kl * mask).sum() / mask.sum()).item()
 
     params = adapter_parameters(model, name)
     losses, clips, norms = [], [], []
     model.train()
     with acting_as(model, name):
+        # data parallel: every rank takes the same number of steps; one with fewer actions adds zero grads
+        n_steps = dist.max_int(math.ceil(len(train_on) / cfg.minibatch_size))
         for _ in range(cfg.ppo_epochs):
             order = torch.randperm(len(train_on)).tolist()
-            for mb_start in range(0, len(order), cfg.minibatch_size):
+            for mb_start in range(0, n_steps * cfg.minibatch_size, cfg.minibatch_size):
                 mb = order[mb_start:mb_start + cfg.minibatch_size]
-                n_tokens = mask[mb].sum().item()
+                n_tokens = dist.sum_float(mask[mb].sum().item())  # token mean over the global minibatch
                 optimizer.zero_grad(set_to_none=True)
                 for mc_start in range(0, len(mb), cfg.micro_batch_size):
                     mc = mb[mc_start:mc_start + cfg.micro_batch_size]
@@ -148,6 +171,7 @@ def update_agent(model, name: str, actions: list[Action], optimizer, cfg: Config
                     loss.backward()
                     losses.append(loss.item())
                     clips.append(clip_frac.item())
+                dist.sum_grads(params)  # data parallel: identical summed grads -> identical clip and step
                 norm = torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
                 if not torch.isfinite(norm):  # a non-finite loss or gradient: skip this step, count it
                     optimizer.zero_grad(set_to_none=True)
@@ -158,7 +182,7 @@ def update_agent(model, name: str, actions: list[Action], optimizer, cfg: Config
                     scheduler.step()
                 norms.append(norm.item())
     model.eval()
-    stats.update(loss=sum(losses), clip_frac=float(np.mean(clips)), grad_norm=float(np.mean(norms)) if norms else float("nan"))
+    stats.update(loss=sum(losses), clip_frac=float(np.mean(clips)) if clips else float("nan"), grad_norm=float(np.mean(norms)) if norms else float("nan"))
     return stats
 
 

@@ -1,0 +1,150 @@
+"""A coach served elsewhere: a stronger model behind an OpenAI-compatible chat-completions endpoint
+(vLLM, SGLang, llama.cpp's server, a hosted API). The paper's coach was a large API model at
+temperature 0 (SPEC §3); `--coach-url URL --coach-model NAME` gives the same here.
+
+Prompts and parsing are the local coach's (reward.coach_messages, parse_score and the one format
+retry), so the two coaches read exactly the same thing. The rules of the wire:
+- all actions of a step are sent at once, at most `concurrency` requests in flight;
+- every request has a timeout; HTTP 429 and 5xx, timeouts, refused connections and unreadable
+  replies are retried `retries` times with exponential backoff (honouring Retry-After);
+- a reply without a score line gets one format retry (SPEC §3);
+- after that the action is *unscored* (None): counted in the logs, never a crash, never a made-up
+  score.
+Only the standard library (urllib and a thread pool): no new dependency.
+"""
+import http.client
+import json
+import os
+import random
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+
+from reward import RETRY, LLMCoach, coach_messages, parse_score
+
+MAX_DELAY = 60.0  # seconds: cap on one backoff wait, also on a server's Retry-After
+
+
+class EndpointError(Exception):
+    """A chat completion that failed for good (after the retries, or a non-retryable status)."""
+
+
+def chat_url(url: str) -> str:
+    """The chat-completions URL of a base URL: '.../v1' -> '.../v1/chat/completions' (kept if full)."""
+    url = url.rstrip("/")
+    return url if url.endswith("/chat/completions") else url + "/chat/completions"
+
+
+def reply_text(raw: bytes) -> str:
+    """The assistant's text in a chat-completions reply body; ValueError if the body is not one."""
+    try:
+        content = json.loads(raw)["choices"][0]["message"]["content"]
+    except (ValueError, KeyError, IndexError, TypeError) as e:
+        raise ValueError(f"not a chat-completions reply ({type(e).__name__}): {raw[:120]!r}") from None
+    return content or ""
+
+
+def backoff_delay(attempt: int, base: float, retry_after: str | None, rng: random.Random) -> float:
+    """Seconds to wait before retry number `attempt` (1, 2, ...): the server's Retry-After if it sent
+    seconds, else base * 2^(attempt-1) with 10% jitter (so parallel requests do not retry in step)."""
+    if retry_after is not None:
+        try:
+            return min(max(float(retry_after), 0.0), MAX_DELAY)
+        except ValueError:  # an HTTP date: fall back to our own schedule
+            pass
+    delay = min(base * 2 ** (attempt - 1), MAX_DELAY)
+    return delay * (1 + 0.1 * rng.random())
+
+
+class APICoach:
+    """The coach as an OpenAI-compatible endpoint; .score(items) like reward.LLMCoach."""
+
+    def __init__(self, url: str, model: str, agents, *, api_key: str | None = None, show_answer: bool = True,
+                 max_tokens: int = 256, concurrency: int = 16, timeout: float = 120.0, retries: int = 3,
+                 backoff: float = 1.0, tool_chars: int = 2000):
+        self.url, self.model, self.agents, self.api_key = chat_url(url), model, agents, api_key
+        self.show_answer, self.max_tokens, self.tool_chars = show_answer, max_tokens, tool_chars
+        self.concurrency, self.timeout, self.retries, self.backoff = concurrency, timeout, retries, backoff
+        self.format_retries = 0  # replies without a score line, asked again once (LLMCoach.retries)
+        self.failed = 0          # actions left unscored because the endpoint failed for good
+        self.last_error = ""
+        self._lock = threading.Lock()
+        self._rng = random.Random()  # private: the jitter must not move the training's RNG
+
+    def prompt(self, episode, action) -> list[dict]:
+        return coach_messages(episode, action, self.agents, show_answer=self.show_answer, rationale=True,
+                              tool_chars=self.tool_chars)
+
+    def score(self, items: list) -> list[float | None]:
+        """Process scores 0..10 for (episode, action) pairs, requested concurrently; None = unscored."""
+        if not items:
+            return []
+        convs = [self.prompt(ep, a) for ep, a in items]
+        failed_before = self.failed
+        with ThreadPoolExecutor(max_workers=min(self.concurrency, len(convs))) as pool:
+            scores = list(pool.map(self._score_one, convs))
+        if self.failed > failed_before:
+            print(f"coach: {self.failed - failed_before} of {len(convs)} actions unscored, the endpoint "
+                  f"{self.url} failed ({self.last_error})", file=sys.stderr, flush=True)
+        return scores
+
+    def _score_one(self, messages: list[dict]) -> float | None:
+        try:
+            text = self.complete(messages)
+            score = parse_score(text)
+            if score is None:  # one format retry (SPEC §3), then the action stays unscored
+                with self._lock:
+                    self.format_retries += 1
+                again = messages + [{"role": "assistant", "content": text}, {"role": "user", "content": RETRY}]
+                score = parse_score(self.complete(again))
+            return score
+        except EndpointError as e:
+            with self._lock:
+                self.failed += 1
+                self.last_error = str(e)
+            return None
+
+    def complete(self, messages: list[dict]) -> str:
+        """The reply text of one chat completion at temperature 0, retrying transient failures.
+        Raises EndpointError when it fails for good."""
+        body = json.dumps({"model": self.model, "messages": messages, "temperature": 0.0,
+                           "max_tokens": self.max_tokens}).encode()
+        headers = {"Content-Type": "application/json"}
+        if self.api_key:
+            headers["Authorization"] = f"Bearer {self.api_key}"
+        error, retry_after = "no attempt", None
+        for attempt in range(self.retries + 1):
+            if attempt:
+                time.sleep(backoff_delay(attempt, self.backoff, retry_after, self._rng))
+            retry_after = None
+            request = urllib.request.Request(self.url, data=body, headers=headers, method="POST")
+            try:
+                with urllib.request.urlopen(request, timeout=self.timeout) as response:
+                    return reply_text(response.read())
+            except urllib.error.HTTPError as e:
+                try:
+                    detail = e.read()[:200].decode(errors="replace")
+                except (OSError, http.client.HTTPException):  # the body of an error may be cut off too
+                    detail = ""
+                if e.code not in (408, 429) and e.code < 500:  # 400/401/404: a bad request, key or model name
+                    raise EndpointError(f"HTTP {e.code}: {detail}") from None
+                error, retry_after = f"HTTP {e.code} after {attempt + 1} attempts", e.headers.get("Retry-After")
+            except (urllib.error.URLError, http.client.HTTPException, TimeoutError, OSError) as e:
+                error = f"{getattr(e, 'reason', None) or e} after {attempt + 1} attempts"
+            except ValueError as e:  # a 200 whose body is not a chat completion
+                error = f"{e} after {attempt + 1} attempts"
+        raise EndpointError(error)
+
+
+def make_coach(cfg, model, tokenizer, agents):
+    """The coach a config asks for: the API coach when cfg.coach_url is set, else the local one (the
+    shared base with adapters off). Either way the KL reference stays the local base."""
+    if not cfg.coach_url:
+        return LLMCoach(model, tokenizer, agents, cfg.coach, cfg.coach_sees_answer, cfg.coach_max_new_tokens,
+                        cfg.coach_batch_size)
+    return APICoach(cfg.coach_url, cfg.coach_model, agents, api_key=os.environ.get(cfg.coach_api_key_env) or None,
+                    show_answer=cfg.coach_sees_answer, max_tokens=cfg.coach_max_new_tokens,
+                    concurrency=cfg.coach_concurrency, timeout=cfg.coach_timeout, retries=cfg.coach_retries)

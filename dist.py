@@ -1,0 +1,195 @@
+"""Data parallel over several processes (one per GPU), for runs that outgrow one GPU.
+
+    accelerate launch --multi_gpu --num_processes N train.py ...   # N GPUs, or N CPU processes
+    torchrun --nproc_per_node N train.py ...                         # the same, without accelerate
+
+Each rank rolls out its own episodes (its share of a global draw of tasks, its own sampling RNG).
+Per agent, the baseline's moments and the adapter's gradients are summed over ranks, so every rank
+whitens with the global batch's statistics and takes the identical optimiser step: the adapters
+stay equal on all ranks without ever being sent. Only rank 0 writes the run folder.
+
+Why not DDP: all agents share one PeftModel, one adapter each. A backward touches one adapter (DDP
+would flag the others as unused parameters) and the KL reference pass runs with adapters disabled.
+An explicit all-reduce of the acting adapter's gradients before clip + step is simpler and exact.
+
+Alone (no WORLD_SIZE > 1 in the environment) every helper returns its input untouched, so a
+single-process run is bit-identical to one without this module.
+"""
+import atexit
+import math
+import os
+from dataclasses import replace
+from datetime import timedelta
+
+import torch
+import torch.distributed as td
+
+# A rank waits at the next collective while rank 0 saves or evaluates; the default timeout (10 min
+# for NCCL) is shorter than a long eval of a real model.
+TIMEOUT = timedelta(hours=2)
+
+
+def active() -> bool:
+    return td.is_available() and td.is_initialized() and td.get_world_size() > 1
+
+
+def world_size() -> int:
+    return td.get_world_size() if active() else 1
+
+
+def rank() -> int:
+    return td.get_rank() if active() else 0
+
+
+def is_main() -> bool:
+    return rank() == 0
+
+
+def init(device: str) -> str:
+    """Join the process group when started by a launcher (WORLD_SIZE > 1); returns this rank's device.
+
+    GPUs: NCCL, one GPU per rank (cuda:LOCAL_RANK). CPU: gloo. Note `accelerate launch --cpu
+    --num_processes N` starts ONE process (SPEC §6); use --multi_gpu, which works on CPU too."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or td.is_initialized():
+        return device
+    cuda = torch.cuda.is_available() and device != "cpu"
+    if cuda and device in ("auto", "cuda"):
+        device = f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
+    if cuda:
+        torch.cuda.set_device(torch.device(device))
+    td.init_process_group("nccl" if cuda else "gloo", timeout=TIMEOUT)
+    atexit.register(td.destroy_process_group)  # torch warns at exit about a group never destroyed
+    return device
+
+
+def all_sum(t: torch.Tensor) -> torch.Tensor:
+    """The element-wise sum of t over ranks, on t's device (t itself alone)."""
+    if not active():
+        return t
+    # NCCL reduces GPU tensors only; our moments and counts live on the CPU
+    work = t.cuda() if td.get_backend() == "nccl" and not t.is_cuda else t.clone()
+    td.all_reduce(work, op=td.ReduceOp.SUM)
+    return work.to(t.device)
+
+
+def sum_float(x: float) -> float:
+    return all_sum(torch.tensor([x], dtype=torch.float64)).item() if active() else x
+
+
+def max_int(n: int) -> int:
+    """The largest n over ranks (so every rank runs the same number of collective steps)."""
+    if not active():
+        return n
+    work = torch.tensor([n], dtype=torch.int64)
+    work = work.cuda() if td.get_backend() == "nccl" else work
+    td.all_reduce(work, op=td.ReduceOp.MAX)
+    return int(work.item())
+
+
+def sum_grads(params: list[torch.nn.Parameter]) -> None:
+    """Replace each parameter's gradient by its sum over ranks, in one collective.
+
+    A rank with no action in this minibatch has no gradients (None): it contributes zeros, and
+    still receives the sum, so it takes the same optimiser step as the others."""
+    if not active():
+        return
+    grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
+    flat = all_sum(torch.cat([g.reshape(-1) for g in grads]))
+    offset = 0
+    for p in params:
+        p.grad = flat[offset:offset + p.numel()].view_as(p)
+        offset += p.numel()
+
+
+def broadcast_(tensors: list[torch.Tensor]) -> None:
+    """Copy rank 0's values into these tensors on every rank (in place)."""
+    if not active():
+        return
+    with torch.no_grad():
+        for t in tensors:
+            work = t.data.cuda() if td.get_backend() == "nccl" and not t.is_cuda else t.data
+            td.broadcast(work, src=0)
+            if work is not t.data:
+                t.data.copy_(work)
+
+
+def gather(obj) -> list:
+    """[obj of rank 0, obj of rank 1, ...] on every rank ([obj] alone). obj must pickle."""
+    if not active():
+        return [obj]
+    out = [None] * world_size()
+    td.all_gather_object(out, obj)
+    return out
+
+
+def shard(items: list) -> list:
+    """This rank's share of a list every rank holds in the same order: items[rank::world]."""
+    return items[rank()::world_size()] if active() else items
+
+
+def on_main(fn, *args, **kwargs):
+    """fn(*args, **kwargs) on rank 0 only; every rank returns its result (or raises its exception)."""
+    if not active():
+        return fn(*args, **kwargs)
+    result, error = None, None
+    if is_main():
+        try:
+            result = fn(*args, **kwargs)
+        except Exception as e:  # re-raised on every rank below, so no rank waits forever
+            error = e
+    box = [(result, error)]
+    td.broadcast_object_list(box, src=0)
+    result, error = box[0]
+    if error is not None:
+        raise error
+    return result
+
+
+def barrier() -> None:
+    if active():
+        td.barrier()
+
+
+def gather_episodes(episodes: list) -> list:
+    """All ranks' episodes (for the metrics of the global batch), without the heavy parts: the task
+    object and the token contexts are dropped, token counts stay right. Alone: episodes itself."""
+    if not active():
+        return episodes
+    light = [replace(ep, task=None, actions=[replace(a, messages=[], prompt_ids=[]) for a in ep.actions])
+             for ep in episodes]
+    return [ep for part in gather(light) for ep in part]
+
+
+def merge_update_stats(stats: dict) -> dict:
+    """One agent's update metrics over all ranks: counts and losses add up (the loss of a rank is
+    its share of the global token mean), KL and clip fraction are means weighted by trained actions;
+    grad_norm, skipped and lr are the same on every rank (identical synchronised steps)."""
+    if not active():
+        return stats
+    parts = [p for p in gather(stats) if p["trained"] > 0]
+    out = dict(stats, trained=sum(p["trained"] for p in parts))
+    out["loss"] = sum(p["loss"] for p in parts) if parts else math.nan
+    for key in ("kl", "clip_frac"):
+        out[key] = sum(p[key] * p["trained"] for p in parts) / out["trained"] if parts else math.nan
+    return out
+
+
+def rank_states(rng_state) -> dict | None:
+    """For a checkpoint: the world size and every rank's RNG state (None alone: format unchanged).
+    rng_state: a function returning this rank's RNG state (checkpoint.rng_state)."""
+    if not active():
+        return None
+    return {"world_size": world_size(), "rank_rng": gather(rng_state())}
+
+
+def resume_rank(state: dict, set_rng_state) -> None:
+    """After checkpoint.load (which restored rank 0's RNG): restore this rank's own RNG state.
+    A run resumes only with the number of processes it was saved with."""
+    from config import UserError
+
+    saved = state.get("world_size", 1)
+    if saved != world_size():
+        raise UserError(f"this run was saved by {saved} process(es) and resumes only with {saved}; "
+                        f"it was started with {world_size()}")
+    if active():
+        set_rng_state(state["rank_rng"][rank()])
