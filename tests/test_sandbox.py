@@ -1,4 +1,4 @@
-"""Tests for sandbox.py: every threat is a REAL hostile program run through run_code.
+"""Tests for sandbox.py and sandbox_child.py: every threat is a REAL hostile program run through run_code.
 
 Where the two isolation modes differ ("namespaces" vs the "plain" fallback), a test branches on
 what this machine allows, probed independently of sandbox.py (NS_HERE), and asserts what that
@@ -20,6 +20,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import sandbox  # noqa: E402
+import sandbox_child  # noqa: E402
 from sandbox import ExecResult, Limits, extract_code_blocks, run_code, run_many, workspace  # noqa: E402
 
 PREFIX = f"mappa-test-{os.getpid()}-"
@@ -176,6 +177,20 @@ def test_run_many_keeps_order_and_runs_concurrently(wd):
     res = run_many(jobs, Limits(timeout_s=5), max_workers=2)
     assert [r.stdout.strip() for r in res] == ["a", "b", "3", ""]
     assert [r.status for r in res] == ["ok", "ok", "ok", "error"] and res[3].returncode == 4
+    assert run_many([]) == []
+
+
+def test_run_code_works_from_any_trainer_cwd(wd, tmp_path, monkeypatch):
+    # The trainer may be started from another folder (`python /path/to/train.py`); decoys named
+    # like the child module or a module it imports, in the trainer's cwd and in the workdir,
+    # must not be picked up: the child runs by absolute path, its sys.path excludes both.
+    for folder in (tmp_path, wd):
+        for name in ("sandbox_child.py", "json.py", "signal.py"):
+            (folder / name).write_text("import os\nos._exit(99)\n")
+    (wd / "helper.py").write_text("X = 7\n")
+    monkeypatch.chdir(tmp_path)
+    r = run_code("import os, helper\nprint(os.getcwd(), helper.X)", wd, FAST)  # workdir importable, like `python -c`
+    assert (r.status, r.stdout) == ("ok", f"{wd} 7\n"), r.as_tool_output()
 
 
 # ----------------------------------------------------------------------------- hostile programs
@@ -272,8 +287,8 @@ def test_missing_namespaces_are_detected_and_fallback_still_kills_escapees(feats
     script = f"""
 import os, sys
 sys.path.insert(0, {str(Path(sandbox.__file__).parent)!r})
-import sandbox
-sandbox._unshare(["user"], os.getuid(), os.getgid())
+import sandbox, sandbox_child
+sandbox_child._unshare(["user"], os.getuid(), os.getgid())
 open("/proc/sys/user/max_user_namespaces", "w").write("0")
 print(sandbox.sandbox_features()["mode"])
 with sandbox.workspace({PREFIX!r}) as wd:
@@ -440,13 +455,13 @@ def test_closing_stdout(wd):
 def test_syntax_error_points_at_the_action_not_the_sandbox(wd):
     r = run_code("x = 1\ndef f(:\n    pass", wd, FAST)
     assert r.status == "error" and "SyntaxError" in r.message
-    assert 'File "<action>", line 2' in r.stderr and "sandbox.py" not in r.stderr
+    assert 'File "<action>", line 2' in r.stderr and "sandbox" not in r.stderr
 
 
 def test_runtime_error_traceback_shows_action_source(wd):
     r = run_code("def f():\n    return 1 / 0\nf()", wd, FAST)
     assert r.message == "exit code 1: ZeroDivisionError: division by zero"
-    assert "return 1 / 0" in r.stderr and "sandbox.py" not in r.stderr
+    assert "return 1 / 0" in r.stderr and "sandbox" not in r.stderr
 
 
 def test_huge_recursion(wd):
@@ -461,3 +476,4 @@ def test_huge_recursion(wd):
 def test_bench_sandbox_smoke():
     out = sandbox.bench_sandbox(n=4, n_timeouts=1, timeout_s=0.5)
     assert out["n"] == 4 and out["sequential_s"] >= 0.5 and out["parallel_s"] >= 0.5
+    assert out["parallel_cores_s"] >= 0.5 and out["workers"] == min(4, 4 * os.cpu_count())
