@@ -113,6 +113,9 @@ def load_base(model_name: str, load_in_4bit: bool | None = None, device: str = "
     if load_in_4bit is None:
         load_in_4bit = device.startswith("cuda")
     path = resolve_model(model_name)
+    if not Path(path).expanduser().exists() and (path.startswith((".", "/", "~")) or path.count("/") > 1):
+        raise ModelLoadError(f"model folder '{model_name}' does not exist; pass an existing folder or a Hub "
+                             "name with --model, or use --preset tiny")
     compute = torch.bfloat16 if device.startswith("cuda") else torch.float32
     kwargs = dict(dtype=compute)
     if load_in_4bit:
@@ -124,10 +127,11 @@ def load_base(model_name: str, load_in_4bit: bool | None = None, device: str = "
     try:
         tokenizer = AutoTokenizer.from_pretrained(path, padding_side="left")
         model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
-    except OSError as e:
+    except (OSError, ValueError) as e:  # not found, offline, gated, or not a valid repo id
+        reason = " ".join(str(e).split())[:200]
         raise ModelLoadError(
-            f"could not load model '{model_name}' ({str(e).splitlines()[0][:160]}); pass a local "
-            f"folder with --model, make sure the Hub is reachable, or use --preset tiny") from None
+            f"could not load model '{model_name}' ({reason}); pass a local folder or a reachable Hub name "
+            "with --model, or use --preset tiny to run offline") from None
     if tokenizer.pad_token is None:  # many base models ship without one; EOS is safe with masks
         tokenizer.pad_token = tokenizer.eos_token
     if not load_in_4bit:

@@ -7,15 +7,58 @@ temporary name and renamed into place, so a kill during a save leaves the previo
 whole; a folder without its final name is never read. `adapters/` at the top of the run folder
 always mirrors the newest checkpoint, for `PeftModel.from_pretrained(base, "RUN/adapters/<agent>")`.
 """
+import dataclasses
 import random
 import re
 import shutil
+from datetime import datetime
 from pathlib import Path
 
 import numpy as np
 import torch
 
 STEP_DIR = re.compile(r"^step_(\d{6})$")
+RUN_FILES = ("checkpoints", "adapters", "metrics.jsonl", "samples.jsonl", "eval.json", "eval-base.json",
+             "eval-episodes.jsonl", "eval-base-episodes.jsonl", "curves.png")
+
+
+def run_folder(cfg) -> Path:
+    """The run folder a config trains into (fixed at the first call, so a default name is stable)."""
+    if not cfg.resume and not cfg.out_dir:
+        cfg.out_dir = f"runs/{cfg.task}-{datetime.now():%Y%m%d-%H%M%S}"
+    return Path(cfg.resume or cfg.out_dir)
+
+
+def check_run_dir(cfg) -> tuple[Path, Path | None]:
+    """The run folder and the checkpoint to resume from (None: a new run). Writes nothing.
+
+    A new run refuses a folder that already holds one, unless --overwrite."""
+    from config import UserError
+
+    run_dir = run_folder(cfg)
+    if cfg.resume:
+        done = checkpoints(run_dir)
+        if not done:
+            raise UserError(f"{run_dir} has no checkpoint to resume from; start a new run with --out-dir instead")
+        return run_dir, done[-1]
+    if run_dir.exists() and not run_dir.is_dir():
+        raise UserError(f"{run_dir} is a file, not a folder; pass another --out-dir")
+    if (run_dir / "config.json").exists() and not cfg.overwrite:
+        raise UserError(f"{run_dir} already holds a run; pass --resume {run_dir} to continue it or "
+                        "--overwrite to replace it")
+    return run_dir, None
+
+
+def start_run_dir(cfg, run_dir: Path, fresh: bool) -> None:
+    """Create the run folder and save the resolved config (a new run), after all inputs were checked."""
+    from config import save_config
+
+    if fresh:
+        for name in RUN_FILES:  # --overwrite: only what a run writes, never anything else in the folder
+            path = run_dir / name
+            shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        save_config(cfg, run_dir / "config.json")
 
 
 class TaskSampler:
@@ -68,7 +111,7 @@ def file_size(path: Path) -> int:
 
 
 def save(run_dir: Path, step: int, model, agent_names, optimizers, schedulers, sampler, keep: int,
-         extra: dict | None = None) -> Path:
+         config=None, extra: dict | None = None) -> Path:
     """Write checkpoints/step_<step>/ atomically, refresh RUN/adapters/, keep the newest `keep`."""
     root = run_dir / "checkpoints"
     root.mkdir(exist_ok=True)
@@ -84,6 +127,7 @@ def save(run_dir: Path, step: int, model, agent_names, optimizers, schedulers, s
         "sampler": sampler.state_dict(),
         "rng": rng_state(),
         "log_sizes": {name: file_size(run_dir / name) for name in ("metrics.jsonl", "samples.jsonl")},
+        "config": dataclasses.asdict(config) if config is not None else None,
         **(extra or {}),
     }, tmp / "state.pt")
     shutil.rmtree(final, ignore_errors=True)  # only after a crash between rename and cleanup below

@@ -107,7 +107,7 @@ def validate(cfg: Config) -> Config:
     return cfg
 
 
-class _Parser(argparse.ArgumentParser):
+class OneLineParser(argparse.ArgumentParser):
     def error(self, message):  # one line instead of argparse's usage block
         raise UserError(f"{message} (see --help)")
 
@@ -115,7 +115,7 @@ class _Parser(argparse.ArgumentParser):
 def build_parser(cls=Config, description: str = "") -> argparse.ArgumentParser:
     """An argparse parser with one --flag per dataclass field; defaults are SUPPRESSed so we can
     tell which flags the user actually gave (they override the preset)."""
-    parser = _Parser(description=description, argument_default=argparse.SUPPRESS)
+    parser = OneLineParser(description=description, argument_default=argparse.SUPPRESS)
     hints = typing.get_type_hints(cls)
     for f in dataclasses.fields(cls):
         flag = "--" + f.name.replace("_", "-")
@@ -129,11 +129,23 @@ def build_parser(cls=Config, description: str = "") -> argparse.ArgumentParser:
     return parser
 
 
+# What may change when a run is resumed: everything else would make the resumed run a different run.
+RESUME_FLAGS = {"resume", "steps", "save_every", "keep_checkpoints", "eval_every", "log_samples"}
+
+
 def parse_args(argv=None) -> Config:
-    """Config from the command line: defaults, then the preset, then the flags given."""
+    """Config from the command line: defaults, then the preset, then the flags given.
+
+    With --resume RUN the run's own config.json is the base, and only RESUME_FLAGS may be given."""
     given = vars(build_parser(description="MAPPA: train a team of agents with per-action coach rewards.")
                  .parse_args(argv))
-    values = dict(PRESETS.get(given.get("preset", ""), {}))
+    if "resume" in given:
+        if set(given) - RESUME_FLAGS:
+            bad = ", ".join("--" + g.replace("_", "-") for g in sorted(set(given) - RESUME_FLAGS))
+            raise UserError(f"--resume continues the run with its saved config; these flags cannot change: {bad}")
+        values = dataclasses.asdict(load_config(given["resume"]))
+    else:
+        values = dict(PRESETS.get(given.get("preset", ""), {}))
     values.update(given)
     return validate(Config(**values))
 

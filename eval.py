@@ -24,7 +24,7 @@ import torch
 
 import sandbox
 from agents import PIPELINES, ModelLoadError, add_adapters, load_base
-from config import Config, UserError, _Parser, fail, load_config
+from config import Config, OneLineParser, UserError, fail, load_config
 from reward import LLMCoach, grade
 from rollout import Episode, rollout
 from runlog import episode_record, mean, rollout_metrics
@@ -55,7 +55,8 @@ def run_episodes(model, tokenizer, cfg: Config, agents, *, k: int = 4, temperatu
                  coach=None, use_adapters: bool = True, seed: int = 0, progress: bool = False,
                  desc: str = "eval") -> list[Episode]:
     """Roll out k episodes per held-out task, grade them, and let the coach score every action.
-    Returns the episodes, k consecutive ones per task, in task order."""
+    Returns the episodes, k consecutive ones per task, in task order. An episode whose rollout
+    failed (episode.error) is kept and counts as wrong, so avg@k and pass@k stay over k per task."""
     from tqdm.auto import tqdm  # tqdm ships with transformers
 
     from train import load_tasks, new_episodes
@@ -74,8 +75,11 @@ def run_episodes(model, tokenizer, cfg: Config, agents, *, k: int = 4, temperatu
                         use_adapters=use_adapters)
                 for ep in batch:
                     grade(ep, agents)
+                    if ep.error:  # kept and counted wrong: the pipeline failed on this task
+                        ep.correct = False
+                        bar.write(f"episode of task {ep.task.id} failed: {ep.error}", file=sys.stderr)
                 if coach is not None:
-                    items = [(ep, a) for ep in batch for a in ep.actions]
+                    items = [(ep, a) for ep in batch if not ep.error for a in ep.actions]
                     for (_, a), s in zip(items, coach.score(items)):
                         a.score = s
             finally:
@@ -145,7 +149,7 @@ def summarize(episodes: list[Episode], agents, k: int, task: str = "math") -> di
     summary = {
         f"avg@{k}": mean([float(bool(ep.correct)) for ep in episodes]),
         f"pass@{k}": mean([pass_at_k(len(eps), sum(bool(e.correct) for e in eps), k) for eps in by_task.values()]),
-        "tasks": len(by_task), "episodes": len(episodes),
+        "tasks": len(by_task), "episodes": len(episodes), "failed": sum(ep.error is not None for ep in episodes),
     }
     per_agent = ("score_mean", "unscored", "length", "truncated", "tool_use")
     summary |= {key: v for key, v in rollout_metrics(episodes, agents).items()
@@ -181,7 +185,7 @@ def format_results(results: dict[str, dict], section: str = "summary") -> str:
 
 # ---------------------------------------------------------------------------------- the CLI
 def parse_eval_args(argv: list[str]) -> argparse.Namespace:
-    p = _Parser(description="Evaluate MAPPA runs (and the untrained pipeline) on held-out tasks. "
+    p = OneLineParser(description="Evaluate MAPPA runs (and the untrained pipeline) on held-out tasks. "
                 "Also: eval.py plot RUN... | eval.py show RUN (see eval.py plot --help, show --help).")
     p.add_argument("run_dirs", nargs="+", metavar="RUN", help="run folder(s) written by train.py")
     p.add_argument("--base", action="store_true", help="also evaluate the untrained pipeline (adapters off), as the first column")

@@ -11,6 +11,7 @@ official code stored the wrong context for an agent's second action).
 """
 import shutil
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
 from dataclasses import dataclass, field
 from typing import Any
@@ -134,27 +135,39 @@ def rollout(model, tokenizer, agents: tuple[Agent, ...], episodes: list[Episode]
             limits: "sandbox.Limits", tool_chars: int = 2000, use_adapters: bool = True) -> list[Episode]:
     """Run every agent, in pipeline order, on all episodes; fills episode.actions in place.
 
-    use_adapters=False runs the untrained pipeline: the base model acts as every agent."""
+    use_adapters=False runs the untrained pipeline: the base model acts as every agent. An episode
+    whose own bookkeeping raises (a template error, a prompt longer than the model's context) gets
+    `episode.error` and sits out the rest; the batch goes on (the trainer drops and logs it).
+    """
     finals: dict[int, dict[str, str]] = {id(ep): {} for ep in episodes}
     tools: dict[int, dict[str, str]] = {id(ep): {} for ep in episodes}
+    context = getattr(model.config, "max_position_embeddings", None)
     for agent in agents:
+        budget = min(max_new_tokens, agent.max_new_tokens)
         convs = {}
-        for ep in episodes:
-            files = ", ".join(list_files(ep.workdir)) if ep.workdir else ""
-            user = agent_input(agent, ep.text, finals[id(ep)], tools[id(ep)], files=files)
-            convs[id(ep)] = [{"role": "system", "content": agent.role}, {"role": "user", "content": user}]
-        active = list(episodes)
+        for ep in live(episodes):
+            with episode_guard(ep, agent.name):
+                files = ", ".join(list_files(ep.workdir)) if ep.workdir else ""
+                user = agent_input(agent, ep.text, finals[id(ep)], tools[id(ep)], files=files)
+                convs[id(ep)] = [{"role": "system", "content": agent.role}, {"role": "user", "content": user}]
+        active = live(episodes)
         for turn in range(agent.max_actions):
+            prompts = {}
+            for ep in active:
+                with episode_guard(ep, agent.name):
+                    prompts[id(ep)] = render(tokenizer, convs[id(ep)])
+                    if context and len(prompts[id(ep)]) + budget > context:
+                        raise ValueError(f"prompt of {len(prompts[id(ep)])} tokens + {budget} new tokens "
+                                         f"exceeds the model's context of {context}")
+            active = live(active)
             if not active:
                 break
-            prompts = [render(tokenizer, convs[id(ep)]) for ep in active]
             with acting_as(model, agent.name if use_adapters else None):
-                outs = generate(model, tokenizer, prompts, min(max_new_tokens, agent.max_new_tokens),
-                                temperature, batch_size)
+                outs = generate(model, tokenizer, [prompts[id(ep)] for ep in active], budget, temperature, batch_size)
             actions = []
-            for ep, prompt, (ids, truncated) in zip(active, prompts, outs):
+            for ep, (ids, truncated) in zip(active, outs):
                 text = tokenizer.decode(ids, skip_special_tokens=True)
-                action = Action(agent.name, turn, [dict(m) for m in convs[id(ep)]], prompt, ids, text,
+                action = Action(agent.name, turn, [dict(m) for m in convs[id(ep)]], prompts[id(ep)], ids, text,
                                 truncated)
                 ep.actions.append(action)
                 finals[id(ep)][agent.name] = text
@@ -162,6 +175,19 @@ def rollout(model, tokenizer, agents: tuple[Agent, ...], episodes: list[Episode]
             active = run_code_turn(agent, active, actions, convs, tools, limits, tool_chars) \
                 if agent.uses_code else []
     return episodes
+
+
+def live(episodes: list[Episode]) -> list[Episode]:
+    return [ep for ep in episodes if ep.error is None]
+
+
+@contextmanager
+def episode_guard(ep: Episode, where: str):
+    """Turn an exception in one episode's bookkeeping into episode.error instead of a crash."""
+    try:
+        yield
+    except Exception as e:  # noqa: BLE001 -- any failure of one episode must not end the run
+        ep.error = f"{where}: {type(e).__name__}: {e}"
 
 
 def run_code_turn(agent, episodes, actions, convs, tools, limits, tool_chars) -> list[Episode]:

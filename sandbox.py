@@ -12,9 +12,10 @@ Isolation layers, outermost first, and why each exists:
      (`os.getppid()` is our init, which ignores signals sent from inside); when init exits the
      kernel SIGKILLs every process left, so setsid() or double forks cannot escape.
    - net ns: only a loopback device that is down, so every connect() fails.
-   - mount ns: / read-only (recursively), workdir bound back read-write, /tmp and /dev/shm
-     fresh size-capped tmpfs, a /proc that shows only the action, the trainer's $HOME hidden
-     except what Python needs, /etc/shadow hidden.
+   - mount ns: / read-only (recursively), the workdir bound back read-write, /tmp and /dev/shm
+     fresh size-capped tmpfs, a /proc showing only the action, a /dev with only null, zero,
+     full, random, urandom; the trainer's $HOME (tokens, keys) and /run (docker.sock...)
+     hidden except what Python itself needs; /etc/shadow hidden.
 2. rlimits on the action: RLIMIT_AS (memory), RLIMIT_FSIZE (file size), RLIMIT_NPROC
    (processes; Linux ignores it for uid 0, so the pid namespace also gets pid_max on Linux
    >= 6.14), RLIMIT_CORE=0.
@@ -30,6 +31,7 @@ SANDBOX.md lists what is and is not isolated in each mode.
 """
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import platform
@@ -43,7 +45,7 @@ import tempfile
 import threading
 import time
 import uuid
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Iterator
@@ -129,12 +131,12 @@ def workspace(prefix: str = "mappa-") -> Iterator[Path]:
     finally:
         shutil.rmtree(path, ignore_errors=True)
         if path.exists():  # an action made directories unreadable: restore owner rwx, retry
-            for root, dirs, _ in os.walk(path):
-                for d in [root] + [os.path.join(root, x) for x in dirs]:
-                    try:
-                        os.chmod(d, 0o700, follow_symlinks=False)
-                    except OSError:
-                        pass
+            with suppress(OSError):
+                os.chmod(path, 0o700)
+            for root, dirs, _ in os.walk(path):  # top-down: a dir is fixed before it is entered
+                for d in dirs:
+                    with suppress(OSError):
+                        os.chmod(os.path.join(root, d), 0o700, follow_symlinks=False)
             shutil.rmtree(path, ignore_errors=True)
 
 
@@ -150,12 +152,13 @@ def sandbox_features() -> dict:
     with _FEATURES_LOCK:
         if _FEATURES is None:
             with workspace("mappa-probe-") as wd:
-                _, status = _run(["auto"], "pass", wd, Limits(timeout_s=30))
-            feats = status.get("features", {"ns": None})
-            if "error" in status:  # namespaces exist but our setup failed: say so, run plain
+                res, status = _run(["auto"], "pass", wd, Limits(timeout_s=30))
+            feats = status.get("features")
+            if feats is None or "error" in status:  # namespaces exist but setup failed: say so
                 import warnings
-                warnings.warn(f"sandbox: namespace setup failed, using plain mode: {status['error']}")
-                feats = {"ns": None, "error": status["error"]}
+                why = status.get("error") or f"probe {res.status}: {res.message} {res.stderr[-300:]}"
+                warnings.warn(f"sandbox: namespace setup failed, using the weaker plain mode: {why}")
+                feats = {"ns": None, "error": why}
             _FEATURES = {**feats, "mode": "namespaces" if feats.get("ns") else "plain",
                          "root": os.geteuid() == 0}
     return _FEATURES
@@ -190,12 +193,14 @@ def bench_sandbox(n: int = 32, n_timeouts: int = 4, timeout_s: float = 2.0) -> d
         t1 = time.monotonic()
         par = run_many([(c, wd) for c in codes], lim)
         t2 = time.monotonic()
+        run_many([(c, wd) for c in codes], lim, max_workers=4 * (os.cpu_count() or 1))
+        t3 = time.monotonic()
     if [r.status for r in seq] != [r.status for r in par]:
         raise RuntimeError("bench_sandbox: sequential and parallel runs disagree")
     quick = [r.seconds for r in seq if r.status == "ok"]
     return {"n": n, "n_timeouts": n_timeouts, "timeout_s": timeout_s, "workers": os.cpu_count(),
             "mode": feats["mode"], "sequential_s": round(t1 - t0, 2), "parallel_s": round(t2 - t1, 2),
-            "speedup": round((t1 - t0) / max(t2 - t1, 1e-9), 2),
+            "speedup": round((t1 - t0) / max(t2 - t1, 1e-9), 2), "parallel_4x_workers_s": round(t3 - t2, 2),
             "quick_action_ms": round(1000 * sum(quick) / max(1, len(quick)), 1)}
 
 
@@ -265,27 +270,28 @@ def _run(ns: list[str], code: str, wd: Path, limits: Limits) -> tuple[ExecResult
                             stderr=subprocess.PIPE, pass_fds=(status_w,), start_new_session=True)
     os.close(status_w)
     payload = code.encode("utf-8", "surrogatepass")
-    try:  # length-prefixed code; stdin then stays open as the shim's lifeline
+    with suppress(BrokenPipeError):  # length-prefixed code; stdin then stays open as the lifeline
         proc.stdin.write(len(payload).to_bytes(8, "big") + payload)
         proc.stdin.flush()
-    except BrokenPipeError:
-        pass
     out, err = _Capture(limits.max_output_chars), _Capture(limits.max_output_chars)
-    raw, timed_out = _pump(proc, status_r, out, err, start + limits.timeout_s)
     try:
-        proc.wait(timeout=5)
-    except subprocess.TimeoutExpired:  # shim stuck (never seen): kill its group, still not reaped
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
-    if not ns:
-        _kill_marked(run_id)
-    proc.stdout.close(), proc.stderr.close()
+        raw, timed_out = _pump(proc, status_r, out, err, start + limits.timeout_s)
+    finally:  # even on KeyboardInterrupt in the trainer: no action is left running
+        with suppress(OSError):
+            proc.stdin.close()  # lifeline (already cut by _pump on the normal path)
+        try:
+            proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:  # shim stuck (never seen): kill its group, not yet reaped
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+        if not ns:
+            _kill_marked(run_id)
+        for fd in (proc.stdout, proc.stderr, status_r):
+            fd.close() if hasattr(fd, "close") else os.close(fd)
     status = {}
     for line in raw.decode("utf-8", "replace").splitlines():
-        try:
+        with suppress(ValueError):
             status.update(json.loads(line))
-        except ValueError:
-            pass
     (so, t1), (se, t2) = out.text(), err.text()
     return _classify(status, timed_out, so, se, t1 or t2, limits, time.monotonic() - start), status
 
@@ -298,6 +304,8 @@ def _pump(proc, status_r: int, out: _Capture, err: _Capture, deadline: float) ->
     sinks[status_r] = lambda d: status.extend(d[: (1 << 16) - len(status)])
     for fd in sinks:
         sel.register(fd, selectors.EVENT_READ)
+        with suppress(OSError):  # 1 MiB pipes: 16x fewer wake-ups when an action floods output
+            fcntl.fcntl(fd, fcntl.F_SETPIPE_SZ, 1 << 20)
     while sinks:
         now = time.monotonic()
         # the end is init's "end" report (or its death), not EOF: a process forked elsewhere in
@@ -305,23 +313,22 @@ def _pump(proc, status_r: int, out: _Capture, err: _Capture, deadline: float) ->
         ended = status_r not in sinks or b'"end"' in status
         if grace_end is None and (now >= deadline or ended):
             timed_out = not ended
-            try:  # "K" + close = lifeline cut: the shim SIGKILLs the namespace
+            with suppress(OSError):  # "K" (and EOF) = lifeline cut: the shim SIGKILLs the namespace
                 proc.stdin.write(b"K")
+                proc.stdin.flush()
+            with suppress(OSError):
                 proc.stdin.close()
-            except OSError:
-                pass
             grace_end = now + 1.0
         if grace_end is not None and now >= grace_end:
             break  # plain mode: an escaped process still holds a pipe; _kill_marked follows
         for key, _ in sel.select(timeout=max(0.0, (grace_end or deadline) - now)):
-            data = os.read(key.fd, 1 << 16)
+            data = os.read(key.fd, 1 << 20)
             if data:
                 sinks[key.fd](data)
             else:
                 sel.unregister(key.fd)
                 del sinks[key.fd]
     sel.close()
-    os.close(status_r)
     return bytes(status), timed_out
 
 
@@ -360,10 +367,8 @@ def _nproc_limit(ns: list[str], limits: Limits) -> int | None:
         return None  # Linux does not enforce it for root
     uid, n = os.getuid(), 0
     for p in Path("/proc").glob("[0-9]*/task/*"):
-        try:
+        with suppress(OSError):
             n += p.stat().st_uid == uid
-        except OSError:
-            pass
     return n + limits.max_procs
 
 
@@ -374,12 +379,10 @@ def _kill_marked(run_id: str) -> None:
     for _ in range(50):
         found = False
         for env in Path("/proc").glob("[0-9]*/environ"):
-            try:
+            with suppress(OSError):
                 if marker in env.read_bytes().split(b"\0"):
                     os.kill(int(env.parent.name), signal.SIGKILL)
                     found = True
-            except (OSError, ValueError):
-                pass
         if not found:
             return
         time.sleep(0.02)
@@ -421,6 +424,8 @@ def _shim_main(cfg: dict) -> None:
         if os.waitpid(init, os.WNOHANG)[0]:
             os._exit(0)
         if 0 in ready and os.read(0, 1) in (b"", b"K") or time.monotonic() > backstop:
+            with suppress(ProcessLookupError):  # init's own session: the action and its children
+                os.killpg(init, signal.SIGKILL)
             os.kill(init, signal.SIGKILL)  # init is not reaped yet, so its pid cannot be reused
             os.waitpid(init, 0)
             os._exit(0)
@@ -490,11 +495,9 @@ def _setup_fs(cfg: dict, feats: dict) -> None:
             feats[name] = False
     _bind(wd, fds)
     for path, ro in [(d, True) for d, _, private in overlays if not private] + [(wd, False)]:
-        try:
+        with suppress(OSError):  # e.g. a workdir on a file system the host mounted read-only
             if feats.get("readonly_root"):
                 _set_readonly(path, ro, False)
-        except OSError:  # e.g. a workdir on a file system the host itself mounted read-only
-            pass
     os.chdir(wd)  # the old cwd still points into the read-only / hidden mount
 
 
@@ -564,7 +567,8 @@ def _init_main(cfg: dict, feats: dict, src: bytes) -> None:
         pid, st = os.wait()
         if pid == action:
             break
-    _report(status_fd, {"end": 1, **({"signal": os.WTERMSIG(st)} if os.WIFSIGNALED(st) else {"exit": os.WEXITSTATUS(st)})})
+    how = {"signal": os.WTERMSIG(st)} if os.WIFSIGNALED(st) else {"exit": os.WEXITSTATUS(st)}
+    _report(status_fd, {"end": 1, **how})
     os._exit(0)  # pid 1 exiting SIGKILLs every process still left in the namespace
 
 
@@ -577,7 +581,9 @@ def _action_main(cfg: dict, src: bytes) -> None:
     lim, mb = cfg["limits"], 1024 * 1024
     for res, value in ((resource.RLIMIT_AS, lim["memory_mb"] * mb), (resource.RLIMIT_FSIZE, lim["max_file_mb"] * mb),
                        (resource.RLIMIT_CORE, 0), (resource.RLIMIT_NPROC, cfg["nproc"])):
-        if value is not None:
+        hard = resource.getrlimit(res)[1]
+        if value is not None:  # never above the hard limit we inherited (raising it is refused)
+            value = value if hard == resource.RLIM_INFINITY else min(value, hard)
             resource.setrlimit(res, (value, value))
     sys.argv, sys.path[0] = ["<action>"], ""  # like `python -c`: cwd importable, not our folder
     text = src.decode("utf-8", "replace")

@@ -6,12 +6,10 @@
 Each step: tasks -> the agents act (rollout) -> the grader and the coach score every action ->
 advantages per agent -> one update per agent on its own adapter -> log -> checkpoint (and eval).
 """
-import json
 import random
 import shutil
 import sys
 import time
-from datetime import datetime
 from pathlib import Path
 
 import numpy as np
@@ -21,9 +19,9 @@ import checkpoint
 import rl
 import sandbox
 from agents import PIPELINES, ModelLoadError, acting_as, add_adapters, adapter_parameters, load_base, make_optimizers
-from config import Config, UserError, fail, load_config, parse_args, save_config
+from config import Config, UserError, fail, parse_args
 from reward import LLMCoach, assign_rewards, grade
-from rollout import Action, Episode, pad_left, rollout
+from rollout import Action, Episode, episode_guard, live, pad_left, rollout
 from runlog import RunLog, rollout_metrics
 from tasks import DataError
 
@@ -35,12 +33,14 @@ def train(cfg: Config, *, coach=None, agents=None, tasks=None, grader=grade, qui
     `tasks` (objects with .id and .problem or .description), a `grader(episode, agents)`, and a
     `coach`: any object with .score(list of (episode, action)) -> list of scores 0..10 or None.
     """
+    # Every input is checked before anything is written: a typo never costs a run.
     agents = agents or PIPELINES[cfg.task]
+    run_dir, resuming = checkpoint.check_run_dir(cfg)
     train_tasks = tasks if tasks is not None else load_tasks(cfg.task, cfg.data, "train")
-    run_dir, resuming = prepare_run_dir(cfg)
     seed_everything(cfg.seed)
     tokenizer, base = load_base(cfg.model, cfg.load_in_4bit, cfg.device)
     model = add_adapters(base, agents, r=cfg.lora_r, alpha=cfg.lora_alpha)
+    checkpoint.start_run_dir(cfg, run_dir, fresh=resuming is None)
     if cfg.gradient_checkpointing:  # only active in train mode, i.e. in the update, never in rollouts
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     optimizers, schedulers = make_optimizers(model, agents, cfg.lr, cfg.weight_decay, cfg.warmup_steps)
@@ -60,47 +60,52 @@ def train(cfg: Config, *, coach=None, agents=None, tasks=None, grader=grade, qui
     for step in range(start + 1, cfg.steps + 1):
         t0 = time.perf_counter()
         # 1. tasks -> episodes, and every agent acts on all of them, stage by stage
-        episodes = new_episodes(sampler.take(cfg.problems_per_step), cfg.samples_per_problem)
+        batch = new_episodes(sampler.take(cfg.problems_per_step), cfg.samples_per_problem)
         try:
-            rollout(model, tokenizer, agents, episodes, temperature=cfg.temperature,
+            rollout(model, tokenizer, agents, batch, temperature=cfg.temperature,
                     max_new_tokens=cfg.max_new_tokens, batch_size=cfg.gen_batch_size, limits=limits)
             t_rollout = time.perf_counter()
             # 2. the outcome (logged; the reward in --reward outcome), then the coach scores every action
-            for ep in episodes:
-                grader(ep, agents)
+            for ep in live(batch):
+                with episode_guard(ep, "grader"):
+                    grader(ep, agents)
+            episodes = live(batch)  # an episode that failed is dropped and logged, never fatal
+            for ep in batch:
+                if ep.error:
+                    print(f"dropped an episode of task {ep.task.id}: {ep.error}", file=sys.stderr, flush=True)
             if cfg.reward != "outcome":
                 items = [(ep, a) for ep in episodes for a in ep.actions]
                 for (_, a), s in zip(items, coach.score(items)):
                     a.score = s
             assign_rewards(episodes, cfg.reward, cfg.outcome_weight)
         finally:
-            for ep in episodes:  # workspaces are per episode; the coach has read the file trail
+            for ep in batch:  # workspaces are per episode; the coach has read the file trail
                 if ep.workdir:
                     shutil.rmtree(ep.workdir, ignore_errors=True)
         t_coach = time.perf_counter()
         # 3. each agent learns from its own actions only, on its own adapter and optimiser
-        metrics = {"step": step} | rollout_metrics(episodes, agents)
+        metrics = {"step": step, "episode/dropped": len(batch) - len(episodes)} | rollout_metrics(episodes, agents)
         for agent in agents:
             actions = [a for ep in episodes for a in ep.actions if a.agent == agent.name]
-            stats = update_agent(model, agent.name, actions, optimizers[agent.name], cfg)
-            schedulers[agent.name].step()
+            stats = update_agent(model, agent.name, actions, optimizers[agent.name], cfg, schedulers[agent.name])
             metrics |= {f"{agent.name}/{k}": v for k, v in stats.items()}
         t_end = time.perf_counter()
         metrics |= {"time/step": t_end - t0, "time/rollout": t_rollout - t0,
                     "time/coach": t_coach - t_rollout, "time/update": t_end - t_coach}
-        # 4. log, checkpoint
-        log.log(metrics, episodes)
-        if step % cfg.save_every == 0 or step == cfg.steps:
-            checkpoint.save(run_dir, step, model, names, optimizers, schedulers, sampler, cfg.keep_checkpoints)
+        # 4. held-out evaluation, on its own RNG stream so training goes on exactly as without it
         if cfg.eval_every and step % cfg.eval_every == 0:
             import eval as evaluation
-            result = evaluation.evaluate(model, tokenizer, cfg, agents, k=1, limit=cfg.eval_problems, coach=None)
-            with open(run_dir / "metrics.jsonl", "a") as f:
-                f.write(json.dumps({"step": step, **{f"eval/{k}": v for k, v in result["summary"].items()}}) + "\n")
+            with torch.random.fork_rng():
+                result = evaluation.evaluate(model, tokenizer, cfg, agents, k=1, limit=cfg.eval_problems)
+            metrics |= {f"eval/{k}": v for k, v in result["summary"].items()}
+        # 5. log and checkpoint
+        log.log(metrics, episodes)
+        if step % cfg.save_every == 0 or step == cfg.steps:
+            checkpoint.save(run_dir, step, model, names, optimizers, schedulers, sampler, cfg.keep_checkpoints, cfg)
     return run_dir
 
 
-def update_agent(model, name: str, actions: list[Action], optimizer, cfg: Config) -> dict:
+def update_agent(model, name: str, actions: list[Action], optimizer, cfg: Config, scheduler=None) -> dict:
     """One agent's REINFORCE++ update on its own actions of this rollout batch (SPEC §4).
 
     Unscored actions (reward None) and actions cut off by the length limit get no loss and stay
@@ -151,6 +156,8 @@ def update_agent(model, name: str, actions: list[Action], optimizer, cfg: Config
                     stats["skipped"] += 1
                     continue
                 optimizer.step()
+                if scheduler is not None:
+                    scheduler.step()
                 norms.append(norm.item())
     model.eval()
     stats.update(loss=sum(losses), clip_frac=float(np.mean(clips)), grad_norm=float(np.mean(norms)) if norms else float("nan"))
@@ -207,30 +214,6 @@ def load_tasks(task: str, source: str, split: str) -> list:
     return tasks.load_problems(source, split)
 
 
-def prepare_run_dir(cfg: Config) -> tuple[Path, Path | None]:
-    """The run folder, and the checkpoint to resume from (None for a new run).
-
-    A new run refuses a folder that already holds a run unless --overwrite; nothing is written
-    before every input has been checked."""
-    if cfg.resume:
-        run_dir = Path(cfg.resume)
-        done = checkpoint.checkpoints(run_dir)
-        if not done:
-            raise UserError(f"{run_dir} has no checkpoint to resume from; start a new run instead")
-        return run_dir, done[-1]
-    run_dir = Path(cfg.out_dir or f"runs/{cfg.task}-{datetime.now():%Y%m%d-%H%M%S}")
-    if (run_dir / "config.json").exists() and not cfg.overwrite:
-        raise UserError(f"{run_dir} already holds a run; pass --resume {run_dir} to continue it or "
-                        "--overwrite to replace it")
-    if cfg.overwrite:
-        for name in ("checkpoints", "adapters", "metrics.jsonl", "samples.jsonl", "eval.json"):
-            path = run_dir / name
-            shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    save_config(cfg, run_dir / "config.json")
-    return run_dir, None
-
-
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
@@ -238,25 +221,19 @@ def seed_everything(seed: int) -> None:
 
 
 def main(argv=None) -> None:
+    cfg = None
     try:
         cfg = parse_args(argv)
-        if cfg.resume:
-            cfg = resume_config(cfg, argv if argv is not None else sys.argv[1:])
         train(cfg)
     except (UserError, DataError, ModelLoadError) as e:
         fail(str(e))
-
-
-def resume_config(cfg: Config, argv: list[str]) -> Config:
-    """On --resume the run's own config.json is used; only bookkeeping flags may change."""
-    saved = load_config(cfg.resume)
-    allowed = {"resume", "steps", "save_every", "keep_checkpoints", "eval_every", "log_samples"}
-    given = {a.lstrip("-").split("=")[0].replace("-", "_") for a in argv if a.startswith("--")}
-    given = {g[3:] if g.startswith("no_") else g for g in given}
-    if given - allowed:
-        raise UserError(f"--resume uses the run's saved config; these flags cannot change: "
-                        f"{', '.join('--' + g.replace('_', '-') for g in sorted(given - allowed))}")
-    return Config(**{**saved.__dict__, **{k: getattr(cfg, k) for k in given}})
+    except torch.OutOfMemoryError:
+        done = checkpoint.checkpoints(checkpoint.run_folder(cfg))
+        last = f"the last checkpoint ({done[-1].name}) is intact: --resume {checkpoint.run_folder(cfg)}" if done \
+            else "no checkpoint was written yet"
+        print("error: out of GPU memory; lower --gen-batch-size, --micro-batch-size, --coach-batch-size or "
+              f"--max-new-tokens (or use --gradient-checkpointing / a smaller --model); {last}", file=sys.stderr)
+        sys.exit(3)
 
 
 if __name__ == "__main__":

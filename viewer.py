@@ -13,7 +13,7 @@ import json
 import math
 from pathlib import Path
 
-from config import UserError, _Parser, fail
+from config import OneLineParser, UserError, fail
 
 # (panel title, metric suffix per agent); "unscored share" is unscored / actions
 PANELS = [("reward (0-1)", "reward_mean"), ("KL to the base model", "kl"), ("action length (tokens)", "length"),
@@ -190,7 +190,7 @@ def episodes_file(run: Path, eval_: bool, base: bool) -> Path:
 def main(argv: list[str]) -> None:
     """`plot RUN...` or `show RUN ...`; bad input: one line, exit code 2."""
     command, rest = argv[0], argv[1:]
-    p = _Parser(prog=f"eval.py {command}")
+    p = OneLineParser(prog=f"eval.py {command}")
     try:
         if command == "plot":
             p.add_argument("run_dirs", nargs="+", metavar="RUN", help="run folder(s); several share one figure")

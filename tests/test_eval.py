@@ -78,6 +78,28 @@ def test_judge_auc_counts_ties_half_and_is_nan_without_both_outcomes():
     assert m["coach/judge_auc"] != m["coach/judge_auc"]  # nan
 
 
+def test_a_failed_episode_is_kept_counted_wrong_and_not_coached(monkeypatch):
+    from config import Config
+
+    def fake_rollout(model, tokenizer, agents, batch, **kwargs):  # every verifier boxes the gold answer
+        for i, ep in enumerate(batch):
+            ep.actions.append(Action("verifier", 0, [], [1], [2], f"\\boxed{{{ep.task.answer}}}", False))
+            ep.error = "verifier: ValueError: prompt too long" if i == 0 else None
+
+    class Coach:
+        def score(self, items):
+            self.items = items
+            return [7.0] * len(items)
+
+    monkeypatch.setattr(evaluation, "rollout", fake_rollout)
+    coach = Coach()
+    eps = evaluation.run_episodes(None, None, Config(), MATH, k=2, limit=2, coach=coach)
+    assert [ep.correct for ep in eps] == [False, True, True, True]
+    assert len(coach.items) == 3 and all(ep is not eps[0] for ep, _ in coach.items)
+    s = evaluation.summarize(eps, MATH, 2)["summary"]
+    assert s["failed"] == 1 and s["avg@2"] == 0.75 and s["pass@2"] == 1.0
+
+
 def test_task_metrics_hook_is_per_task(monkeypatch):
     t = Problem("t", "T?", "5")
     eps = [episode(t, True, [5, 5, 5])]

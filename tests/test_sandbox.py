@@ -1,9 +1,12 @@
 """Tests for sandbox.py: every threat is a REAL hostile program run through run_code.
 
 Where the two isolation modes differ ("namespaces" vs the "plain" fallback), a test branches on
-sandbox_features() and asserts what that mode actually guarantees on this machine."""
+what this machine allows, probed independently of sandbox.py (NS_HERE), and asserts what that
+mode guarantees; test_plain_fallback_* also runs the fallback here."""
 import os
+import platform
 import random
+import re
 import signal
 import socket
 import subprocess
@@ -23,24 +26,24 @@ PREFIX = f"mappa-test-{os.getpid()}-"
 FAST = Limits(timeout_s=1.5)
 
 
+def _pid_alive(pid: int) -> bool:
+    """Running, i.e. neither gone nor a zombie."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return False
+
+
 def _procs_with(token: str) -> list[int]:
-    """Live (non-zombie) processes whose command line contains token."""
+    """Live processes whose command line contains token (a sandbox's JSON config names its workdir)."""
     found = []
     for d in Path("/proc").glob("[0-9]*"):
         try:
-            if token.encode() in (d / "cmdline").read_bytes() and \
-                    (d / "stat").read_text().rsplit(")", 1)[1].split()[0] != "Z":
+            if token.encode() in (d / "cmdline").read_bytes() and _pid_alive(int(d.name)):
                 found.append(int(d.name))
-        except (OSError, IndexError):
+        except OSError:
             pass
     return found
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
 
 
 def _children() -> list[str]:
@@ -56,9 +59,9 @@ def _children() -> list[str]:
     return out
 
 
-@pytest.fixture(scope="session", autouse=True)
+@pytest.fixture(scope="module", autouse=True)
 def no_leftovers():
-    """After all tests: no workspace folder, no sandbox process, no (zombie) child left."""
+    """After this module: no workspace folder, no sandbox process, no (zombie) child left."""
     yield
     left = list(Path(tempfile.gettempdir()).glob(PREFIX + "*")) + list(Path("/var/tmp").glob(PREFIX + "*"))
     assert not left, f"temp folders left behind: {left}"
@@ -72,13 +75,29 @@ def wd():
         yield path
 
 
+def _unshare_works(*names: str) -> bool:
+    """Independently of sandbox.py: may a fresh process unshare these namespaces here?"""
+    flags = {"user": 0x10000000, "mnt": 0x20000, "pid": 0x20000000, "net": 0x40000000}
+    code = f"import ctypes, sys; sys.exit(ctypes.CDLL(None).unshare({sum(flags[n] for n in names)}) != 0)"
+    return subprocess.run([sys.executable, "-c", code]).returncode == 0
+
+
+NS_HERE = _unshare_works("user", "mnt", "pid")  # what this machine allows decides each branch
+NETNS_HERE = _unshare_works("user", "mnt", "pid", "net")
+NEW_KERNEL = tuple(int(x) for x in re.findall(r"\d+", platform.release())[:2]) >= (6, 14)
+
+
 @pytest.fixture(scope="session")
 def feats():
     return sandbox.sandbox_features()
 
 
-def _mode(feats) -> str:
-    return feats["mode"]
+def test_features_match_what_this_machine_allows(feats):
+    assert feats["mode"] == ("namespaces" if NS_HERE else "plain")
+    assert bool(feats.get("netns")) == NETNS_HERE
+    if NS_HERE:  # every layer must have come up
+        assert all(feats[k] for k in ("proc", "readonly_root", "minimal_dev", "private_tmp", "hidden")), feats
+        assert bool(feats["pid_max"]) == NEW_KERNEL
 
 
 # ----------------------------------------------------------------------------- pure helpers
@@ -194,19 +213,19 @@ def test_fork_bomb_is_killed(wd):
     assert not _procs_with(str(wd))
 
 
-def test_process_count_is_capped(wd, feats):
+def test_process_count_is_capped(wd):
     code = ("import os, time\nok = err = 0\nfor i in range(1000):\n    try:\n"
             "        if os.fork() == 0: time.sleep(60)\n        ok += 1\n    except OSError: err += 1\nprint(ok, err)")
     r = run_code(code, wd, Limits(timeout_s=20, max_procs=20))
     ok, err = map(int, r.stdout.split())
-    if feats.get("pid_max") or not feats["root"]:  # pid-namespace pid_max, or RLIMIT_NPROC (non-root)
+    if os.geteuid() != 0 or NS_HERE and NEW_KERNEL:  # RLIMIT_NPROC (non-root) or pid-namespace pid_max
         assert ok <= 21 and err > 0, r.stdout
     else:  # root on Linux < 6.14: documented gap, only the timeout bounds a fork bomb
         assert ok == 1000
     assert not _procs_with(str(wd))
 
 
-def test_background_setsid_and_double_forked_children_die_with_the_action(wd, feats):
+def test_background_setsid_and_double_forked_children_die_with_the_action(wd):
     tok = f"9999.{random.randrange(10**9)}"  # unique `sleep` argument, findable from the host
     code = f"""
 import os, subprocess, time
@@ -230,7 +249,7 @@ print('alive', sum(os.path.exists(f'/proc/{{k}}') for k in kids))
     assert r.stdout.strip() == "alive 3", r.as_tool_output()  # they really were running
     # In a pid namespace the pids in kids.txt are namespace pids, so find them by argv instead.
     assert not _procs_with(tok)
-    if _mode(feats) == "plain":  # here kids.txt holds host pids
+    if not NS_HERE:  # here kids.txt holds host pids
         assert not [p for p in map(int, (wd / "kids.txt").read_text().split()) if _pid_alive(p)]
 
 
@@ -245,8 +264,8 @@ def test_plain_fallback_kills_escapees_and_times_out(wd, monkeypatch):
 
 
 def test_missing_namespaces_are_detected_and_fallback_still_kills_escapees(feats):
-    if feats["mode"] != "namespaces":  # this host already lacks them: every test ran the fallback
-        assert feats["ns"] is None
+    if not NS_HERE:  # this host already lacks them: every test ran the fallback
+        assert feats["mode"] == "plain"
         return
     # Simulate such a host: a child process in a user namespace that may not create any more.
     tok = f"6666.{random.randrange(10**9)}"
@@ -275,7 +294,7 @@ def test_huge_output_is_capped_without_trainer_memory_blowup(wd):
         peak = tracemalloc.get_traced_memory()[1]
     finally:
         tracemalloc.stop()
-    assert peak < 5_000_000, f"trainer buffered {peak} bytes"
+    assert peak < 20_000_000, f"trainer buffered {peak} bytes of a 1.1 GB stream"
     assert r.status == "ok" and r.truncated
     assert r.stdout.startswith("HEAD") and r.stdout.rstrip().endswith("TAIL")
     assert len(r.stdout) < 10_100 and len(r.stderr) < 10_100
@@ -289,7 +308,7 @@ def test_disk_fill_hits_file_size_limit(wd):
     assert (wd / "big").stat().st_size <= 8 * 2**20
 
 
-def test_writes_and_deletes_outside_workspace(wd, feats):
+def test_writes_and_deletes_outside_workspace(wd):
     victim = Path(tempfile.mkdtemp(prefix=PREFIX, dir="/var/tmp"))  # on the root file system
     try:
         (victim / "keep.txt").write_text("precious")
@@ -307,7 +326,7 @@ open('{wd}/inside.txt', 'w').write('fine')
 """
         r = run_code(code, wd, FAST)
         assert (wd / "inside.txt").read_text() == "fine", r.as_tool_output()
-        if feats.get("readonly_root"):
+        if NS_HERE:
             # '..' of a /tmp workspace is the private /tmp tmpfs: writable, but never reaches the host
             assert r.stdout.split() == ["OSError", "OSError", "done", "OSError"], r.as_tool_output()
             assert (victim / "keep.txt").read_text() == "precious"
@@ -320,7 +339,7 @@ open('{wd}/inside.txt', 'w').write('fine')
         (wd.parent / f"escape-{victim.name}").unlink(missing_ok=True)
 
 
-def test_environment_secrets_are_not_visible(wd, feats, monkeypatch):
+def test_environment_secrets_are_not_visible(wd, monkeypatch):
     monkeypatch.setenv("HF_TOKEN", "hf_secret_123")
     monkeypatch.setenv("OPENAI_API_KEY", "sk-secret-456")
     code = f"""
@@ -335,13 +354,13 @@ for p in ['/proc/{os.getpid()}/environ', '/proc/1/environ', '/proc/self/environ'
     env = dict(eval(r.stdout.splitlines()[0]))
     assert env["HOME"] == str(wd) and env["OPENBLAS_NUM_THREADS"] == "1" and env["OMP_NUM_THREADS"] == "1"
     assert "HF_TOKEN" not in env and "OPENAI_API_KEY" not in env
-    if _mode(feats) == "namespaces":  # the trainer's /proc/<pid>/environ is not even visible
+    if NS_HERE:  # the trainer's /proc/<pid>/environ is not even visible
         assert "hf_secret_123" not in r.stdout and "sk-secret-456" not in r.stdout
     else:  # plain mode, same uid: the trainer's environ is readable through /proc (documented)
         assert "hf_secret_123" in r.stdout
 
 
-def test_trainer_home_run_and_devices_are_hidden(wd, feats):
+def test_trainer_home_run_and_devices_are_hidden(wd):
     home = str(Path.home().resolve())
     keep = next((k for d, k, _ in sandbox._overlays(False) if d == home), [])  # what Python needs
     hidden = [str(p) for p in Path(home).iterdir() if str(p) not in keep]  # e.g. ~/.ssh, ~/.cache
@@ -350,7 +369,7 @@ def test_trainer_home_run_and_devices_are_hidden(wd, feats):
     r = run_code(code, wd, FAST)
     assert r.status == "ok", r.as_tool_output()
     seen_home, seen_run, seen_dev = r.stdout.splitlines()
-    if feats.get("hidden") and feats.get("minimal_dev"):
+    if NS_HERE:
         assert seen_home in ("False", "[]") and seen_run == "[]"
         assert eval(seen_dev) == ["fd", "full", "null", "random", "shm", "stderr", "stdin", "stdout", "urandom", "zero"]
     else:  # plain mode: the host's view
@@ -376,22 +395,22 @@ def server():
     srv.close()
 
 
-def test_network_blocked_when_namespace_available(wd, feats, server):
+def test_network_blocked_when_namespace_available(wd, server):
     port, got = server
     code = f"import socket\ns = socket.create_connection(('127.0.0.1', {port}), timeout=2)\ns.sendall(b'hello')\nprint('sent')"
     allowed = run_code(code, wd, Limits(timeout_s=5, network=True))
     assert allowed.stdout.strip() == "sent", allowed.as_tool_output()  # control: the server works
     blocked = run_code(code, wd, Limits(timeout_s=5, network=False))
-    if feats.get("netns"):
+    if NETNS_HERE:
         assert blocked.status == "error" and "OSError" in blocked.stderr, blocked.as_tool_output()
         assert got == [b"hello"]
     else:  # no network namespace here: network=False cannot be enforced (documented)
         assert blocked.stdout.strip() == "sent"
 
 
-def test_killing_the_parent_does_not_reach_the_trainer(wd, feats):
+def test_killing_the_parent_does_not_reach_the_trainer(wd):
     r = run_code("import os, signal\nos.kill(os.getppid(), signal.SIGKILL)\nprint('still here')", wd, FAST)
-    if _mode(feats) == "namespaces":  # getppid() is our init, which ignores signals from inside
+    if NS_HERE:  # getppid() is our init, which ignores signals from inside
         assert (r.status, r.stdout) == ("ok", "still here\n")
         # kill(-1) signals every process the action may signal; guarded so it can only run
         # inside a pid namespace (where the parent is pid 1), never against the host.
