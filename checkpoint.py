@@ -18,7 +18,8 @@ import numpy as np
 import torch
 
 STEP_DIR = re.compile(r"^step_(\d{6})$")
-RUN_FILES = ("checkpoints", "adapters", "metrics.jsonl", "samples.jsonl", "eval.json", "eval-base.json")
+RUN_FILES = ("checkpoints", "adapters", "metrics.jsonl", "samples.jsonl", "eval.json", "eval-base.json",
+             "eval-episodes.jsonl", "eval-base-episodes.jsonl", "curves.png")
 
 
 def run_folder(cfg) -> Path:

@@ -169,9 +169,15 @@ class LLMCoach:
             return []
         convs = [self.prompt(ep, a) for ep, a in items]
         with acting_as(self.model, None):
-            return self._logit(convs) if self.mode == "logit" else self._generate(convs)
+            if self.mode == "logit":
+                return self._logit(convs)
+            scores, texts = self._generate(convs)
+        for (_, a), text in zip(items, texts):  # kept so a person can read why (eval.py show)
+            a.coach_text = text
+        return scores
 
-    def _generate(self, convs: list[list[dict]]) -> list[float | None]:
+    def _generate(self, convs: list[list[dict]]) -> tuple[list[float | None], list[str]]:
+        """(scores, the coach's replies); a format retry's reply is appended to the first one."""
         outs = generate(self.model, self.tokenizer, [render(self.tokenizer, c) for c in convs],
                         self.max_new_tokens, temperature=0.0, batch_size=self.batch_size)
         texts = [self.tokenizer.decode(ids, skip_special_tokens=True) for ids, _ in outs]
@@ -184,8 +190,10 @@ class LLMCoach:
             outs = generate(self.model, self.tokenizer, [render(self.tokenizer, c) for c in again],
                             16, temperature=0.0, batch_size=self.batch_size)
             for i, (ids, _) in zip(retry, outs):
-                scores[i] = parse_score(self.tokenizer.decode(ids, skip_special_tokens=True))
-        return scores
+                reply = self.tokenizer.decode(ids, skip_special_tokens=True)
+                scores[i] = parse_score(reply)
+                texts[i] = f"{texts[i] or '(empty reply)'}\n[after the format retry] {reply or '(empty reply)'}"
+        return scores, texts
 
     @torch.no_grad()
     def _logit(self, convs: list[list[dict]]) -> list[float]:

@@ -36,6 +36,7 @@ class Action:
     files_after: dict[str, int] | None = None  # workspace {file: bytes} after the action (data task)
     score: float | None = None  # coach process score 0..10; None = unscored (excluded, counted)
     reward: float | None = None  # what the update uses, in [0, 1]; None = not trained on
+    coach_text: str | None = None  # the coach's rationale in generate mode (eval.py show), else None
 
 
 @dataclass

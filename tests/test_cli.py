@@ -69,3 +69,27 @@ def test_bad_flags_fail_with_one_line_and_exit_code_2(args, message, tmp_path):
     assert proc.returncode == 2
     assert message in proc.stderr and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
     assert not (tmp_path / "r").exists()
+
+
+def test_eval_base_vs_run_on_an_aime_file_then_show_and_plot(tiny_run, tmp_path, capsys):
+    import eval as evaluation
+    out, _ = tiny_run
+    proc = run("eval.py", str(out), "--base", "--data", "examples/aime-sample.json", "--k", "1", "--limit", "2")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    head = proc.stdout.splitlines()[0].split()
+    assert head == ["metric", "base", out.name, "Δ", out.name]
+    for key in ("pass@1", "format/boxed", "coach/judge_auc", "verifier/score_mean", "aime-sample/accuracy"):
+        assert key in proc.stdout, key
+    base = json.loads((out / "eval-base.json").read_text())
+    assert base["settings"]["base"] and base["summary"]["episodes"] == 2
+    saved = [json.loads(line) for line in (out / "eval-base-episodes.jsonl").read_text().splitlines()]
+    assert [r["task"]["id"] for r in saved] == ["sample-1", "sample-2"]
+    capsys.readouterr()
+    evaluation.main(["show", str(out), "--eval", "--task", "sample-2", "--width", "100"])
+    shown = capsys.readouterr().out
+    assert "task sample-2" in shown and "gold '023'" in shown and "verifier · action 1 · coach" in shown
+    evaluation.main(["plot", str(out), "--out", str(tmp_path / "curves.png")])
+    assert (tmp_path / "curves.png").read_bytes()[:4] == b"\x89PNG"
+    with pytest.raises(SystemExit) as e:
+        evaluation.main(["show", str(out), "--step", "99"])
+    assert e.value.code == 2 and "no saved episode for step 99" in capsys.readouterr().err

@@ -218,7 +218,7 @@ def test_outcome_summary_pools_kinds_and_counts_failures_as_worst():
     assert set(only_reg) == {"success_rate", "rmse_pct", "rmse_pct_fair", "rmse"}
     ungraded = Episode(episodes[0].task, "", workdir="/nowhere")  # outcome {} counts as a failure
     assert datatask.outcome_summary([ungraded])["accuracy_fair"] == 0.0
-    result = evaluation.summarize(episodes, DATA, k=1)
+    result = evaluation.summarize(episodes, DATA, k=1, task="data")
     assert result["summary"]["f1_fair"] == s["f1_fair"] and result["summary"]["avg@1"] == pytest.approx(0.6)
     assert result["tasks"][0]["outcomes"][0]["roc_auc"] == 0.9
 

@@ -85,6 +85,7 @@ def test_generate_coach_retries_once_then_leaves_the_action_unscored(policy):
     scores = coach.score([(ep, a) for a in ep.actions])
     assert scores == [None, None, None]
     assert coach.retries == 3
+    assert all("[after the format retry]" in a.coach_text for a in ep.actions)  # kept for eval.py show
 
 
 def test_coach_prompt_has_the_context_and_the_reference_only_for_the_final_agent(policy):
