@@ -21,7 +21,6 @@ import json
 import os
 import resource
 import statistics
-import subprocess
 import sys
 import time
 from types import SimpleNamespace
@@ -29,9 +28,10 @@ from types import SimpleNamespace
 import torch
 
 import bench_report
+import bench_sizes
+from bench_sizes import GPU_SIZES
 
 TRL_PIN = "trl==1.16.0"
-GPU_SIZES = ("1.5b", "7b")
 
 
 # ---------------------------------------------------------------------------- measuring
@@ -250,20 +250,22 @@ def bench_coach(ctx, args) -> dict:
 
 
 def bench_steps(ctx, args) -> dict:
-    """Row 3 (and row 2's share of a step): MAPPA steps, logit and generate coach, alternating
-    with TRL GRPOTrainer steps on the same model and settings when TRL is installed."""
+    """Row 3 (and row 2's share of a step): MAPPA steps with the logit coach, alternating with TRL
+    GRPOTrainer steps on the same model and settings when TRL is installed.
+
+    Not timed as a step: MAPPA with the generate coach. A random model's rationale never parses,
+    so every action is unscored and the update does nothing (SPEC §3); its share of a step is
+    derived instead from row 2's forced-rationale cost (see step_share)."""
     from agents import agent_input
     from tasks import builtin_problems
 
-    coaches = {"logit": coach(ctx, "logit"), "generate": coach(ctx, "generate")}
-    mappa = {m: [] for m in coaches}
-    state = {"i": 0}
+    c = coach(ctx, "logit")
+    mappa, state = [], {"i": 0}
 
-    def both():
-        for m, c in coaches.items():
-            run = mappa_step(ctx, args, c)
-            if state["i"] > 0:  # the first is the warm-up
-                mappa[m].append(run)
+    def step():
+        run = mappa_step(ctx, args, c)
+        if state["i"] > 0:  # the first is the warm-up
+            mappa.append(run)
         state["i"] += 1
 
     solver = ctx.agents[0]
@@ -277,73 +279,31 @@ def bench_steps(ctx, args) -> dict:
             args.model, args.device, args.four_bit, prompts, num_generations=2,
             max_completion_length=ctx.cfg.max_new_tokens, lr=ctx.cfg.lr, beta=ctx.cfg.beta,
             lora_r=ctx.cfg.lora_r, lora_alpha=ctx.cfg.lora_alpha,
-            gradient_checkpointing=ctx.cfg.gradient_checkpointing, steps=1 + args.reps, between=both,
+            gradient_checkpointing=ctx.cfg.gradient_checkpointing, steps=1 + args.reps, between=step,
             out_dir=os.path.join(args.tmp, "trl"))[1:]
     except ImportError as e:
         trl_error = f"not measured: TRL missing ({e.name}); pip install {TRL_PIN}"
     if trl_runs is None:
         for _ in range(1 + args.reps):
-            both()
-    out = {}
-    for m, runs in mappa.items():
-        out[m] = {"s_per_1k": spread([r["seconds"] / r["tokens"] * 1000 for r in runs]),
-                  "step_s": spread(seconds(runs)), "tokens": runs[0]["tokens"],
-                  "coach_share": spread([r["coach"] / r["seconds"] for r in runs]),
-                  "parts": {k: statistics.median(r[k] for r in runs) for k in ("rollout", "coach", "update")}}
+            step()
+    out = {"logit": {"s_per_1k": spread([r["seconds"] / r["tokens"] * 1000 for r in mappa]),
+                     "step_s": spread(seconds(mappa)), "tokens": mappa[0]["tokens"],
+                     "coach_share": spread([r["coach"] / r["seconds"] for r in mappa]),
+                     "parts": {k: statistics.median(r[k] for r in mappa) for k in ("rollout", "coach", "update")}},
+           "trl_error": trl_error}
     if trl_runs:
         out["trl"] = {"s_per_1k": spread([r["seconds"] / r["tokens"] * 1000 for r in trl_runs]),
                       "step_s": spread(seconds(trl_runs)), "tokens": trl_runs[0]["tokens"]}
         out["ratio"] = out["trl"]["s_per_1k"]["median"] / out["logit"]["s_per_1k"]["median"]
-    out["trl_error"] = trl_error
     return out
 
 
-def memory_child(args, adapters: int) -> dict:
-    """Row 4, in a child process: two MAPPA steps (rollout of all agents, 3 updates) with 3 adapters
-    and the logit coach, or with ONE adapter that every agent acts and learns through and no coach
-    (outcome reward). The work is otherwise the same, so the difference is the adapters + coach."""
-    import rollout
-    import train
-    from agents import MATH, acting_as
-    baseline = peak_memory_mb(args.device)
-    ctx = make_ctx(args, MATH if adapters == 3 else MATH[:1])
-    if adapters == 1:
-        shared = MATH[0].name
-        one = lambda model, name: acting_as(model, shared if name else None)  # noqa: E731
-        rollout.acting_as = train.acting_as = one
-        ctx.agents, ctx.optimizers = MATH, {a.name: ctx.optimizers[shared] for a in MATH}
-    c = coach(ctx, "logit") if adapters == 3 else None
-    reset_peak(args.device)
-    for _ in range(2):  # the second step runs with the optimiser state allocated
-        run = mappa_step(ctx, args, c)
-    return {"baseline_mb": baseline, "peak_mb": peak_memory_mb(args.device), "tokens": run["tokens"]}
-
-
-def child(args, spec: str) -> dict:
-    """Run `bench.py --child spec` in a fresh process with the same settings; its JSON result."""
-    cmd = [sys.executable, os.path.abspath(__file__), "--child", spec, "--device", args.device,
-           "--model", args.model, "--reps", str(args.reps), "--batch", str(args.batch),
-           "--max-new-tokens", str(args.max_new_tokens), "--threads", str(args.threads),
-           "--prompt-tokens", str(args.prompt_tokens), "--new-tokens", str(args.new_tokens),
-           "--coach-tokens", str(args.coach_tokens),
-           "--4bit" if args.four_bit else "--no-4bit"]
-    proc = subprocess.run(cmd, capture_output=True, text=True)
-    for line in reversed(proc.stdout.splitlines()):
-        if line.startswith("BENCH_CHILD "):
-            return json.loads(line[len("BENCH_CHILD "):])
-    tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
-    return {"error": f"child {spec} failed (exit {proc.returncode}): {tail[:200]}"}
-
-
-def bench_sizes(args) -> list[dict]:
-    """Row 5: each size in its own child; the GPU sizes only where CUDA is present."""
-    out = []
-    for size in args.sizes:
-        if size in GPU_SIZES and not args.device.startswith("cuda"):
-            out.append({"size": size, "error": "not measured (no GPU)"})
-        else:
-            out.append({"size": size, **child(args, f"size:{size}")})
-    return out
+def step_share(steps: dict, coach_row: dict) -> float:
+    """The generate coach's share of a step, derived: the logit step's rollout and update, and the
+    forced-rationale coach cost of row 2 for the same number of actions."""
+    parts = steps["logit"]["parts"]
+    gen = coach_row["forced_s_action"]["median"] * coach_row["actions"]
+    return gen / (parts["rollout"] + parts["update"] + gen)
 
 
 def bench_sandbox_row(args) -> dict:
@@ -404,25 +364,13 @@ def parse(argv=None) -> argparse.Namespace:
     return args
 
 
-def run_child(args) -> dict:
-    kind, _, what = args.child.partition(":")
-    if kind == "memory":
-        return memory_child(args, int(what))
-    import bench_sizes
-    cuda = args.device.startswith("cuda")
-    return bench_sizes.measure_size(
-        what, args.device, batch=args.batch, prompt_tokens=args.prompt_tokens or (512 if cuda else 128),
-        new_tokens=args.new_tokens or (512 if cuda else 64), reps=min(args.reps, 3),
-        load_in_4bit=args.four_bit, gradient_checkpointing=cuda, coach_tokens=args.coach_tokens)
-
-
 def main(argv=None) -> None:
     import tempfile
     args = parse(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.child:
-        print("BENCH_CHILD " + json.dumps(run_child(args)), flush=True)
+        print("BENCH_CHILD " + json.dumps(bench_sizes.run_child(args)), flush=True)
         return
     results, params, t0 = {}, None, time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="mappa-bench-") as tmp:
@@ -434,13 +382,15 @@ def main(argv=None) -> None:
                 if name in args.only:
                     print(f"[bench] {name} ...", file=sys.stderr, flush=True)
                     results[name] = fn(ctx, args)
+            if "coach" in results and "step" in results:
+                results["step"]["generate_share"] = step_share(results["step"], results["coach"])
             del ctx
         if "memory" in args.only:
             print("[bench] memory ...", file=sys.stderr, flush=True)
-            results["memory"] = {"1": child(args, "memory:1"), "3": child(args, "memory:3")}
+            results["memory"] = {k: bench_sizes.child(args, f"memory:{k}") for k in ("1", "3", "3:nocoach")}
         if "sizes" in args.only:
             print("[bench] sizes ...", file=sys.stderr, flush=True)
-            results["sizes"] = bench_sizes(args)
+            results["sizes"] = bench_sizes.size_rows(args)
         if "sandbox" in args.only:
             print("[bench] sandbox ...", file=sys.stderr, flush=True)
             results["sandbox"] = bench_sandbox_row(args)

@@ -50,16 +50,15 @@ def table(r: dict, args) -> list[list[str]]:
             "generate: " + fmt(x["generate_s_action"]), x["ratio_as_is"])
     if "step" in r:
         x = r["step"]
-        add(None, "2 coach share of a MAPPA step", "logit: " + fmt(x["logit"]["coach_share"], digits=2),
-            "generate: " + fmt(x["generate"]["coach_share"], digits=2), None)
+        gen = f"generate, {r['coach']['coach_tokens']}-token rationale: {x['generate_share']:.2f} (derived from " \
+              "row 2)" if "generate_share" in x else ""
+        add(None, "2 coach share of a MAPPA step", "logit: " + fmt(x["logit"]["coach_share"], digits=2), gen, None)
         parts = ", ".join(f"{k} {v:.2f}" for k, v in x["logit"]["parts"].items())
         ours = (f"MAPPA, logit coach: {fmt(x['logit']['s_per_1k'])} ({x['logit']['step_s']['median']:.2f} s/step: "
                 f"{parts}; {x['logit']['tokens']} tok)")
         theirs = (f"TRL GRPO: {fmt(x['trl']['s_per_1k'])} ({x['trl']['step_s']['median']:.2f} s/step, "
                   f"{x['trl']['tokens']} tok)") if "trl" in x else x["trl_error"]
         add("step", "3 s per 1,000 generated tokens", ours, theirs, x.get("ratio"))
-        add(None, "3 MAPPA step, generate coach", f"{fmt(x['generate']['s_per_1k'])} s/1k tok "
-            f"({x['generate']['step_s']['median']:.2f} s/step)", "", None)
     if "memory" in r:
         one, three = r["memory"]["1"], r["memory"]["3"]
         unit = "MiB (CUDA max allocated)" if args.device.startswith("cuda") else "MiB (peak RSS)"
@@ -70,6 +69,11 @@ def table(r: dict, args) -> list[list[str]]:
                 f"3 adapters + coach: {three['peak_mb']:.0f} (+{three['peak_mb'] - three['baseline_mb']:.0f} over imports)",
                 f"1 adapter: {one['peak_mb']:.0f} (+{one['peak_mb'] - one['baseline_mb']:.0f} over imports)",
                 three["peak_mb"] / one["peak_mb"])
+            bare = r["memory"].get("3:nocoach", {})
+            if "peak_mb" in bare:
+                add(None, "4 peak memory, 3 adapters without the coach pass",
+                    f"{bare['peak_mb']:.0f} (+{bare['peak_mb'] - bare['baseline_mb']:.0f} over imports)",
+                    "vs 1 adapter", bare["peak_mb"] / one["peak_mb"])
     for x in r.get("sizes", []):
         if "error" in x:
             add(None, f"5 size {x['size']}", x["error"], "", None)

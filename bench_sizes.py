@@ -6,13 +6,19 @@ Hub here) and quantized to 4-bit NF4 in place, so the numbers say what fits on a
 download. Random weights change nothing about speed or memory: generation is forced to a fixed
 length (min_new_tokens), so the work per repetition is fixed.
 
-Each size runs in its own child process (bench.py --child size:<name>), so its peak memory is
-its own: a process's peak RSS never goes down, and CUDA caches stay warm across models.
+Each size, and each configuration of the memory row, runs in its own child process
+(bench.py --child size:<name> | memory:<adapters>[:nocoach]), so its peak memory is its own.
 """
 import gc
+import json
+import os
+import subprocess
+import sys
 import time
 
 import torch
+
+GPU_SIZES = ("1.5b", "7b")  # measured only where CUDA is present
 
 # Shapes of the public Qwen2.5 configs (config.json of Qwen/Qwen2.5-1.5B-Instruct and -7B-Instruct).
 REALISTIC = {
@@ -129,19 +135,19 @@ def measure_size(size: str, device: str, *, batch: int, prompt_tokens: int, new_
     actions = synthetic_actions(batch, prompt_tokens, new_tokens, vocab)
     bench.reset_peak(device)
 
-    def gen(rows):
+    def gen(rows, n):  # n of the prompts, `rows` at a time; the rate is per token either way
         def fn():
             torch.manual_seed(0)
             model.set_adapter("solver")
             return {"tokens": sum(fixed_length_generate(model, prompts[i:i + rows], new_tokens)
-                                  for i in range(0, batch, rows))}
+                                  for i in range(0, n, rows))}
         return fn
 
     def update():
         update_agent(model, "solver", actions, optimizers["solver"], cfg)
         return {}
 
-    runs = bench.repeat({"gen": gen(batch), "update": update}, reps, device=device)
+    runs = bench.repeat({"gen": gen(batch, batch), "update": update}, reps, device=device)
     out = {"size": size, "params_m": round(params / 1e6, 1), "device": device, "4bit": load_in_4bit,
            "batch": batch, "prompt_tokens": prompt_tokens, "new_tokens": new_tokens, "load_s": round(load_s, 1),
            "gen_tok_s": bench.spread(bench.rates(runs["gen"], "tokens")),
@@ -156,7 +162,7 @@ def measure_size(size: str, device: str, *, batch: int, prompt_tokens: int, new_
         def logit():
             model(input_ids=prompts, logits_to_keep=2)
             return {}
-        ratios = bench.repeat({"gen1": gen(1), "logit": logit,
+        ratios = bench.repeat({"gen1": gen(1, min(batch, 2)), "logit": logit,
                                "rationale": lambda: {"tokens": fixed_length_generate(model, prompts, coach_tokens)}},
                               reps, device=device)
     one = bench.spread(bench.rates(ratios["gen1"], "tokens"))
@@ -165,3 +171,72 @@ def measure_size(size: str, device: str, *, batch: int, prompt_tokens: int, new_
                rationale_s=bench.spread(bench.seconds(ratios["rationale"])))
     out["coach_ratio"] = out["rationale_s"]["median"] / out["logit_s"]["median"]
     return out
+
+
+def memory_child(args, adapters: int, with_coach: bool) -> dict:
+    """Row 4, in a child process: two MAPPA steps (rollout of all agents, 3 updates) with 3 adapters
+    and the logit coach (or none: outcome reward), or with ONE adapter that every agent acts and
+    learns through and no coach. The work is otherwise the same, so the differences are the
+    adapters and the coach pass."""
+    import bench
+    import rollout
+    import train
+    from agents import MATH, acting_as
+    baseline = bench.peak_memory_mb(args.device)
+    ctx = bench.make_ctx(args, MATH if adapters == 3 else MATH[:1])
+    if adapters == 1:
+        shared = MATH[0].name
+        one = lambda model, name: acting_as(model, shared if name else None)  # noqa: E731
+        rollout.acting_as = train.acting_as = one
+        ctx.agents, ctx.optimizers = MATH, {a.name: ctx.optimizers[shared] for a in MATH}
+    c = bench.coach(ctx, "logit") if with_coach else None
+    bench.reset_peak(args.device)
+    for _ in range(2):  # the second step runs with the optimiser state allocated
+        run = bench.mappa_step(ctx, args, c)
+    return {"baseline_mb": baseline, "peak_mb": bench.peak_memory_mb(args.device), "tokens": run["tokens"]}
+
+
+def child(args, spec: str) -> dict:
+    """Run `bench.py --child spec` in a fresh process with the same settings; its JSON result."""
+    script = os.path.join(os.path.dirname(os.path.abspath(__file__)), "bench.py")
+    cmd = [sys.executable, script, "--child", spec, "--device", args.device, "--model", args.model, "--reps", str(args.reps), "--batch", str(args.batch),
+           "--max-new-tokens", str(args.max_new_tokens), "--threads", str(args.threads),
+           "--prompt-tokens", str(args.prompt_tokens), "--new-tokens", str(args.new_tokens),
+           "--coach-tokens", str(args.coach_tokens),
+           "--4bit" if args.four_bit else "--no-4bit"]
+    env = dict(os.environ)
+    if spec.startswith("memory"):
+        # Large allocations straight from mmap, so freed tensors go back to the OS and peak RSS
+        # tracks live memory; glibc's default heap keeps freed memory and adds 50-100 MiB of
+        # allocation-order noise between configurations (measured; mallopt(3) M_MMAP_THRESHOLD).
+        env["MALLOC_MMAP_THRESHOLD_"] = "65536"
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    for line in reversed(proc.stdout.splitlines()):
+        if line.startswith("BENCH_CHILD "):
+            return json.loads(line[len("BENCH_CHILD "):])
+    tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+    return {"error": f"child {spec} failed (exit {proc.returncode}): {tail[:200]}"}
+
+
+def size_rows(args) -> list[dict]:
+    """Row 5: each size in its own child; the GPU sizes only where CUDA is present."""
+    out = []
+    for size in args.sizes:
+        if size in GPU_SIZES and not args.device.startswith("cuda"):
+            out.append({"size": size, "error": "not measured (no GPU)"})
+        else:
+            out.append({"size": size, **child(args, f"size:{size}")})
+    return out
+
+
+def run_child(args) -> dict:
+    """What `bench.py --child size:<name> | memory:<adapters>[:nocoach]` measures, in this process."""
+    kind, _, what = args.child.partition(":")
+    if kind == "memory":  # memory:<adapters>[:nocoach]
+        adapters, _, rest = what.partition(":")
+        return memory_child(args, int(adapters), with_coach=adapters == "3" and rest != "nocoach")
+    cuda = args.device.startswith("cuda")
+    return measure_size(
+        what, args.device, batch=args.batch, prompt_tokens=args.prompt_tokens or (512 if cuda else 128),
+        new_tokens=args.new_tokens or (512 if cuda else 64), reps=min(args.reps, 3),
+        load_in_4bit=args.four_bit, gradient_checkpointing=cuda, coach_tokens=args.coach_tokens)

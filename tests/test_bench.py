@@ -93,4 +93,4 @@ def test_bad_flags_fail_with_one_line_and_exit_2(argv, capsys):
 
 def test_gpu_sizes_are_reported_as_not_measured_without_cuda():
     args = SimpleNamespace(sizes=["7b"], device="cpu")
-    assert bench.bench_sizes(args) == [{"size": "7b", "error": "not measured (no GPU)"}]
+    assert bench_sizes.size_rows(args) == [{"size": "7b", "error": "not measured (no GPU)"}]
