@@ -9,7 +9,6 @@ Per agent, over that agent's actions (SPEC §4):
   4. a PPO-clipped surrogate, averaged over tokens.
 """
 import torch
-import torch.nn.functional as F
 
 
 def kl_k1(logp_old: torch.Tensor, logp_ref: torch.Tensor) -> torch.Tensor:
@@ -99,10 +98,46 @@ def clipped_policy_loss(logp: torch.Tensor, logp_old: torch.Tensor, advantages: 
     return per_token.sum() / max(float(n), 1.0), clip_frac
 
 
-def token_logprobs(logits: torch.Tensor, tokens: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+def token_logprobs(logits: torch.Tensor, tokens: torch.Tensor, temperature: float = 1.0,
+                   chunk: int = 128) -> torch.Tensor:
     """log softmax(logits / temperature) at the sampled tokens, in float32. [B, T, V], [B, T] -> [B, T]
 
     Dividing by the sampling temperature makes these the log-probs of the distribution the
-    actions were actually drawn from."""
-    logits = logits.float() / temperature
-    return torch.gather(F.log_softmax(logits, dim=-1), -1, tokens[..., None]).squeeze(-1)
+    actions were actually drawn from.
+
+    Naive (what this computes, forward and gradient):
+        F.log_softmax(logits.float() / temperature, -1).gather(-1, tokens[..., None]).squeeze(-1)
+    which holds two or three float32 copies of [B, T, V] at once -- 2.3 GiB each for 4 x 1024 tokens
+    of a 150k vocabulary. Here only `chunk` positions at a time are in float32, and the backward
+    pass writes the logits' gradient chunk by chunk (see _TokenLogprobs).
+    """
+    return _TokenLogprobs.apply(logits, tokens, float(temperature), int(chunk))
+
+
+class _TokenLogprobs(torch.autograd.Function):
+    """Chunked log-softmax-at-the-token. Saves the logits (alive anyway) and one float per token.
+
+    d out_t / d logits_t = (onehot(token_t) - softmax(logits_t / temperature)) / temperature."""
+
+    @staticmethod
+    def forward(ctx, logits, tokens, temperature, chunk):
+        lse = torch.empty(tokens.shape, dtype=torch.float32, device=logits.device)
+        out = torch.empty_like(lse)
+        for s in range(0, logits.shape[1], chunk):
+            lg = logits[:, s:s + chunk].float() / temperature
+            lse[:, s:s + chunk] = lg.logsumexp(-1)
+            out[:, s:s + chunk] = lg.gather(-1, tokens[:, s:s + chunk, None]).squeeze(-1) - lse[:, s:s + chunk]
+        ctx.save_for_backward(logits, tokens, lse)
+        ctx.temperature, ctx.chunk = temperature, chunk
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        logits, tokens, lse = ctx.saved_tensors
+        grad = torch.empty_like(logits)
+        for s in range(0, logits.shape[1], ctx.chunk):
+            g = grad_out[:, s:s + ctx.chunk, None].float() / ctx.temperature
+            p = (logits[:, s:s + ctx.chunk].float() / ctx.temperature - lse[:, s:s + ctx.chunk, None]).exp_()
+            gc = p.mul_(-g).scatter_add_(-1, tokens[:, s:s + ctx.chunk, None], g)
+            grad[:, s:s + ctx.chunk] = gc
+        return grad, None, None, None

@@ -88,6 +88,25 @@ def test_token_logprobs_divide_by_temperature():
     assert rl.token_logprobs(logits, tokens, temperature=2.0).item() == pytest.approx(want, abs=1e-6)
 
 
+@pytest.mark.parametrize("dtype,chunk", [(torch.float32, 3), (torch.float32, 128), (torch.bfloat16, 4)])
+def test_chunked_token_logprobs_equal_the_naive_formula_and_its_gradient(dtype, chunk):
+    """Chunking (T=7 is no multiple of 3 or 4) changes neither the values nor the gradient."""
+    torch.manual_seed(0)
+    base = (torch.randn(2, 7, 50) * 3).to(dtype)
+    tokens = torch.randint(0, 50, (2, 7))
+    weights = torch.randn(2, 7)  # a loss that weighs tokens differently
+    got_logits, want_logits = base.clone().requires_grad_(True), base.clone().requires_grad_(True)
+    got = rl.token_logprobs(got_logits, tokens, temperature=0.7, chunk=chunk)
+    want = torch.log_softmax(want_logits.float() / 0.7, -1).gather(-1, tokens[..., None]).squeeze(-1)
+    (got * weights).sum().backward()
+    (want * weights).sum().backward()
+    assert got.dtype == torch.float32
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(got_logits.grad.float(), want_logits.grad.float(), atol=1e-5, rtol=1e-3)
+    with torch.no_grad():
+        torch.testing.assert_close(rl.token_logprobs(base, tokens, 0.7, chunk), want.detach())
+
+
 def naive_token_rewards(rewards, kl, mask, beta):
     B, T = kl.shape
     out = torch.zeros(B, T)

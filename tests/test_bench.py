@@ -1,0 +1,96 @@
+"""bench.py's machinery: interleaved repetitions, identical work per repetition, the verdicts, the
+4-bit random models of the GPU rows, and one-line usage errors. No timing assertions."""
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+import bench
+import bench_report
+import bench_sizes
+
+
+def test_repeat_interleaves_the_sides_and_drops_the_warmup():
+    calls = []
+    fns = {"a": lambda: calls.append("a") or {"n": len(calls)}, "b": lambda: calls.append("b") or {}}
+    runs = bench.repeat(fns, reps=3, warmup=1)
+    assert calls == ["a", "b"] * 4
+    assert [r["n"] for r in runs["a"]] == [3, 5, 7]  # the warm-up call (n=1) is not reported
+    assert all(r["seconds"] >= 0 for r in runs["a"] + runs["b"])
+
+
+def test_a_function_may_time_itself():
+    runs = bench.repeat({"x": lambda: {"seconds": 42.0}}, reps=2, warmup=0)
+    assert bench.seconds(runs["x"]) == [42.0, 42.0]
+
+
+def test_spread_and_rates():
+    assert bench.spread([3.0, 1.0, 2.0]) == {"median": 2.0, "min": 1.0, "max": 3.0, "n": 3}
+    assert bench.rates([{"tokens": 10, "seconds": 2.0}], "tokens") == [5.0]
+    assert bench_report.fmt(bench.spread([1.0, 2.0, 4.0])) == "2 [1-4]"
+
+
+@pytest.mark.parametrize("key,ratio,want", [("rollout", 4.0, "PASS"), ("rollout", 3.9, "FAIL"),
+                                            ("memory", 1.05, "PASS"), ("memory", 1.06, "FAIL"),
+                                            ("step", None, "not measured")])
+def test_verdicts_follow_the_direction_of_each_target(key, ratio, want):
+    assert bench_report.verdict(key, ratio)[1] == want
+
+
+@pytest.fixture
+def one_thread():
+    """Two torch threads on two cores shared with other jobs run this test ~10x slower (measured)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def test_every_repetition_of_a_mappa_step_does_the_same_work(one_thread):
+    """restore() + re-seeding: two steps sample the same actions though the first one trained."""
+    args = SimpleNamespace(model="tiny", device="cpu", max_new_tokens=32, batch=2, four_bit=False)
+    ctx = bench.make_ctx(args)
+    coach = bench.coach(ctx, "logit")
+    first = bench.mappa_step(ctx, args, coach)
+    before = [p.detach().clone() for p in ctx.params]
+    second = bench.mappa_step(ctx, args, coach)
+    assert first["tokens"] == second["tokens"] > 0
+    assert any(not torch.equal(a, b) for a, b in zip(before, ctx.snapshot[0]))  # the step did train
+    bench.restore(ctx)
+    assert all(torch.equal(p, w) for p, w in zip(ctx.params, ctx.snapshot[0]))
+
+
+def test_random_4bit_model_quantizes_every_linear_but_the_head_and_takes_4bit_lora():
+    from bitsandbytes.nn import Linear4bit
+    from peft.tuners.lora.bnb import Linear4bit as LoraLinear4bit
+
+    from agents import MATH, add_adapters
+    shape = dict(hidden_size=128, intermediate_size=256, num_hidden_layers=1, num_attention_heads=2,
+                 num_key_value_heads=1, vocab_size=256, tie_word_embeddings=False)
+    model = bench_sizes.random_model(shape, "cpu", load_in_4bit=True)
+    linears = {n: type(m) for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)}
+    assert linears.pop("lm_head") is torch.nn.Linear
+    assert len(linears) == 7 and all(t is Linear4bit for t in linears.values())
+    peft_model = add_adapters(model, MATH[:1], r=4, alpha=8)
+    assert any(isinstance(m, LoraLinear4bit) for m in peft_model.modules())
+    tokens = bench_sizes.fixed_length_generate(peft_model, torch.tensor([[5, 6, 7]]), new_tokens=4)
+    assert tokens == 4
+
+
+def test_synthetic_actions_have_the_asked_lengths_and_are_reproducible():
+    a = bench_sizes.synthetic_actions(3, prompt_tokens=5, action_tokens=2, vocab=50)
+    assert [(len(x.prompt_ids), len(x.action_ids)) for x in a] == [(5, 2)] * 3
+    assert [x.action_ids for x in a] == [x.action_ids for x in bench_sizes.synthetic_actions(3, 5, 2, 50)]
+
+
+@pytest.mark.parametrize("argv", [["--sizes", "tiny,13b"], ["--only", "rollout,speed"], ["--batch", "0"]])
+def test_bad_flags_fail_with_one_line_and_exit_2(argv, capsys):
+    with pytest.raises(SystemExit) as e:
+        bench.parse(argv)
+    assert e.value.code == 2
+    assert len(capsys.readouterr().err.strip().splitlines()) == 1
+
+
+def test_gpu_sizes_are_reported_as_not_measured_without_cuda():
+    args = SimpleNamespace(sizes=["7b"], device="cpu")
+    assert bench_sizes.size_rows(args) == [{"size": "7b", "error": "not measured (no GPU)"}]
