@@ -2,9 +2,6 @@
 the real rollout, sandbox, shared workspace, grader and coach prompt. Also the workspace helpers,
 the outcome summary, and the data task's command lines."""
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -19,7 +16,7 @@ import tabular
 from agents import DATA, add_adapters, load_base
 from reward import LLMCoach, grade
 from rollout import Episode
-from tests.conftest import ROOT
+from tests.test_cli import run
 
 ENGINEER = '''```python
 import joblib
@@ -224,14 +221,6 @@ def test_outcome_summary_pools_kinds_and_counts_failures_as_worst():
 
 
 # ---------------------------------------------------------------- the command lines
-def run(*args, timeout=600):
-    # One OpenMP thread: on a CPU shared with other jobs, torch's spinning worker threads made these
-    # tiny runs ~8x slower (measured: 75 s vs 9 s per step on a 2-core machine at load 10).
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    return subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True, text=True, timeout=timeout,
-                          env=env)
-
-
 def test_data_task_trains_and_evaluates_from_the_command_line(tmp_path, capsys):
     """As the README says: bring a task folder, train the tiny preset 2 steps, evaluate the run."""
     for task in pick_tasks()[:2]:  # a classification and a regression task

@@ -20,7 +20,6 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import sandbox  # noqa: E402
-import sandbox_child  # noqa: E402
 from sandbox import ExecResult, Limits, extract_code_blocks, run_code, run_many, workspace  # noqa: E402
 
 PREFIX = f"mappa-test-{os.getpid()}-"
