@@ -258,10 +258,10 @@ def grade(episode: Episode, agents: tuple[Agent, ...]) -> None:
         episode.outcome = tabular.score_submission(episode.task, Path(episode.workdir) / "submission.csv")
         episode.correct = bool(episode.outcome["success"])
         return
-    import tasks
+    import grader
     final = episode.final_action(agents[-1].name)
-    episode.answer = tasks.extract_boxed(final.text) if final else None
-    episode.correct = tasks.is_equiv(episode.answer, episode.task.answer)
+    episode.answer = grader.extract_boxed(final.text) if final else None
+    episode.correct = grader.is_equiv(episode.answer, episode.task.answer)
 
 
 def assign_rewards(episodes: list[Episode], mode: str = "process", outcome_weight: float = 0.5) -> None:

@@ -12,7 +12,8 @@ from agents import MATH
 from config import UserError
 from rollout import Action, Episode
 from runlog import episode_record
-from tasks import Problem, is_equiv, load_problems
+from grader import is_equiv
+from tasks import Problem, load_problems
 from tests.conftest import ROOT
 
 

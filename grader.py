@@ -1,0 +1,156 @@
+"""Grading math answers: the last ``\\boxed{...}`` of an action, and whether it equals the gold answer.
+
+Numbers compare exactly (``fractions.Fraction``: "0.75" = "3/4" = "\\dfrac34", "1,000" = "1000",
+"023" = "23"); units, degrees, ``$...$`` and ``x =`` are stripped; everything else compares as a
+normalised string. tests/test_grader.py lists what must and must not match.
+"""
+from __future__ import annotations
+
+import re
+from fractions import Fraction
+
+_BOX = re.compile(r"\\(?:boxed|fbox)(?![A-Za-z])")
+_TEXT_CMD = r"\\(?:text|textrm|textnormal|textbf|textit|mbox|mathrm|mathbf|mathit|operatorname)"
+_NUM = r"[+-]?\s*(?:\d{1,3}(?:[, ]\d{3})+(?:\.\d*)?|\d+\.?\d*|\.\d+)"
+_UNIT_TEXT = re.compile(_TEXT_CMD + r"\s*\{\s*[A-Za-z][A-Za-z ./]*\}\s*(?:\^\s*\{?\s*[23]\s*\}?)?\s*$")
+_UNIT_WORDS = re.compile(r"^(.*?\S)\s+((?:[A-Za-z]{2,}\s+)*[A-Za-z]{2,})(?:\^\s*\{?\s*[23]\s*\}?)?\s*$")
+# words that make an expression, not a unit: "2 pi" must not become 2
+_NOT_UNITS = {"pi", "sqrt", "and", "or", "to", "times", "cdot", "mod", "over", "plus", "minus",
+              "infty", "inf", "infinity", "ln", "log", "sin", "cos", "tan"}
+
+
+def _braced(s: str, i: int) -> tuple[str, int] | None:
+    """For ``s[i] == "{"``: (contents up to the matching "}", index after it), or None if the
+    group never closes. Escaped braces (``\\{``) do not count."""
+    depth, j = 0, i
+    while j < len(s):
+        ch = s[j]
+        if ch == "\\":
+            j += 2
+            continue
+        depth += (ch == "{") - (ch == "}")
+        if depth == 0:
+            return s[i + 1:j], j + 1
+        j += 1
+    return None
+
+
+def extract_boxed(text: str | None) -> str | None:
+    """Contents of the last top-level ``\\boxed{...}`` / ``\\fbox{...}`` (nested braces handled;
+    ``\\boxed 5`` too). A box that never closes (output cut off) is ignored, so the last complete
+    box wins. None if there is no box."""
+    found, pos = None, 0
+    while text and (m := _BOX.search(text, pos)):
+        i = m.end()
+        while i < len(text) and text[i].isspace():
+            i += 1
+        if i < len(text) and text[i] == "{":
+            got = _braced(text, i)
+            if got is None:
+                break
+            found, pos = got
+        elif i > m.end() and (tok := re.match(r"[^\s$]+", text[i:])):
+            found, pos = tok.group(), i + tok.end()
+        else:
+            pos = m.end()
+    return found
+
+
+def _unwrap(s: str, cmd: str) -> str:
+    """Replace every ``\\cmd{X}`` (``cmd`` a regex) by ``X``, balanced braces respected."""
+    while m := re.search(cmd + r"\s*\{", s):
+        got = _braced(s, m.end() - 1)
+        if got is None:
+            return s
+        s = s[:m.start()] + got[0] + s[got[1]:]
+    return s
+
+
+def _strip_wrappers(s: str) -> str:
+    """Peel ``$..$``, ``\\(..\\)``, ``\\[..\\]``, a whole ``\\boxed{..}`` or ``{..}``, a trailing period."""
+    while True:
+        old, s = s, s.strip()
+        if s.endswith(".") and not s.endswith(".."):
+            s = s[:-1].rstrip()
+        for a, b in (("$$", "$$"), ("$", "$"), ("\\(", "\\)"), ("\\[", "\\]")):
+            if len(s) >= len(a) + len(b) and s.startswith(a) and s.endswith(b):
+                s = s[len(a):len(s) - len(b)]
+        if (m := _BOX.match(s)) and (i := s.find("{", m.end())) >= 0 and not s[m.end():i].strip():
+            if (got := _braced(s, i)) and got[1] == len(s):
+                s = got[0]
+        if s.startswith("{") and (got := _braced(s, 0)) and got[1] == len(s):
+            s = got[0]  # "{5}" -> "5"
+        if s == old:
+            return s
+
+
+def _to_fraction(s: str) -> Fraction | None:
+    """Exact value of a plain number ("1,000", "-0.50", "023"), "a/b" or "\\frac{a}{b}"; else None."""
+    s = s.strip()
+    if m := re.fullmatch(r"([+-]?)\s*\\frac\{([^{}]*)\}\{([^{}]*)\}", s):
+        sign, parts = (-1 if m[1] == "-" else 1), (m[2], m[3])
+    elif m := re.fullmatch(rf"({_NUM})\s*/\s*({_NUM})", s):
+        sign, parts = 1, (m[1], m[2])
+    elif re.fullmatch(_NUM, s):
+        return Fraction(re.sub(r"[\s,]", "", s))
+    else:
+        return None
+    num, den = (Fraction(re.sub(r"[\s,]", "", p)) if re.fullmatch(_NUM, p.strip()) else None
+                for p in parts)
+    return None if num is None or not den else sign * num / den
+
+
+def _clean_latex(s: str) -> str:
+    """Formatting-only LaTeX removed or made canonical (spacing, \\left/\\right, \\dfrac, degrees)."""
+    s = s.replace("\u2212", "-").replace("{,}", ",")
+    s = re.sub(r"[\u00a0\u2009\u202f]|\\[,;:> ]|\\q?quad(?![A-Za-z])|~", " ", s)
+    s = re.sub(r"\\!|\\displaystyle|\\(?:left|right)(?![A-Za-z])", "", s)
+    s = re.sub(r"\\[dtc]frac(?![A-Za-z])", r"\\frac", s)
+    s = re.sub(r"\^\s*\{\s*\\circ\s*\}|\^\s*\\circ|(?<=\d)\s*\\circ|\\degree|°", "", s)
+    s = s.replace("\\$", "").replace("$", "").replace("\\%", "%")
+    brace = r"([A-Za-z0-9]|\{[^{}]*\})"
+    s = re.sub(r"\\frac\s*" + brace + r"\s*" + brace,
+               lambda m: "\\frac{%s}{%s}" % (m[1].strip("{}"), m[2].strip("{}")), s)
+    s = re.sub(r"\\sqrt\s*([A-Za-z0-9])", r"\\sqrt{\1}", s)
+    return re.sub(r"([\^_])\{(\w)\}", r"\1\2", s)  # x^{2} -> x^2
+
+
+def _strip_units(s: str) -> str:
+    """Drop trailing ``\\text{ cm}``-style units (any prefix) and bare unit words or "%" after a
+    number ("5 cm", "42 apples", "50%")."""
+    while (m := _UNIT_TEXT.search(s)) and s[:m.start()].strip():
+        s = s[:m.start()].rstrip()
+    s = _unwrap(s, _TEXT_CMD)
+    m = _UNIT_WORDS.match(s)
+    if m and _to_fraction(m[1]) is not None and not set(m[2].lower().split()) & _NOT_UNITS:
+        s = m[1]
+    return s[:-1] if s.endswith("%") and _to_fraction(s[:-1]) is not None else s
+
+
+def normalize_answer(s: str | None) -> str:
+    """Canonical form of an answer: numbers become exact "n" or "p/q" (so "0.75", "3/4",
+    "\\dfrac34" -> "3/4"; "023", "1,000" -> "23", "1000"); anything else is the string with
+    wrappers, units and spacing removed. "" for None or empty."""
+    if s is None:
+        return ""
+    s = _clean_latex(_strip_wrappers(str(s)))
+    lhs = re.fullmatch(r"\s*(?:[A-Za-z]{1,3}|\\[A-Za-z]+)(?:_\{?\w+\}?)?\s*=(.+)", s)
+    if lhs and "=" not in lhs[1]:  # "x = 5" -> "5", but not "x = y = 5"
+        s = lhs[1]
+    s = _strip_wrappers(_strip_units(_strip_wrappers(s)))
+    if (v := _to_fraction(s)) is not None:
+        return str(v)  # Fraction prints "23" or "-3/4"
+    # spaces go, except between two digits: "1 2" must not become 12
+    return re.sub(r"\s+", lambda m: " " if 0 < m.start() and m.end() < len(s)
+                  and s[m.start() - 1].isdigit() and s[m.end()].isdigit() else "", s)
+
+
+def is_equiv(pred: str | None, gold: str) -> bool:
+    """True if ``pred`` and ``gold`` normalise to the same non-empty canonical form."""
+    a, b = normalize_answer(pred), normalize_answer(gold)
+    return bool(a) and a == b
+
+
+def grade(action_text: str, gold: str) -> bool:
+    """Is the last boxed answer in ``action_text`` equivalent to ``gold``?"""
+    return is_equiv(extract_boxed(action_text), gold)

@@ -1,0 +1,90 @@
+"""Tests for grader.py: extract_boxed, normalize_answer, is_equiv and grade -- what must match and
+what must NOT."""
+import pytest
+
+from grader import extract_boxed, grade, is_equiv, normalize_answer
+
+MUST_MATCH = [
+    ("023", "23"), ("23", "023"), ("007", "7"),
+    ("1,000", "1000"), ("1,000,000", "1000000"), ("1{,}000", "1000"), ("1\\,000", "1000"),
+    ("0.50", "0.5"), ("2.0", "2"), (".5", "0.5"), ("5.", "5"),
+    ("3/4", "\\frac{3}{4}"), ("\\dfrac34", "3/4"), ("\\tfrac{3}{4}", "0.75"), ("0.75", "3/4"),
+    ("\\frac{6}{8}", "3/4"), ("\\frac34", "\\dfrac{3}{4}"),
+    ("5\\text{ cm}", "5"), ("5 \\text{cm}", "5"), ("5\\mbox{ m}^2", "5"), ("\\text{5}", "5"),
+    ("12\\text{ apples}", "12"), ("42 apples", "42"), ("336 degrees", "336"),
+    ("336^\\circ", "336"), ("336^{\\circ}", "336"), ("336°", "336"), ("336^\\circ", "336^{\\circ}"),
+    ("$5$", "5"), ("$$5$$", "5"), ("\\(5\\)", "5"), ("\\[5\\]", "5"), ("\\boxed{5}", "5"), ("{5}", "5"),
+    ("\\left( 1, 2 \\right)", "(1,2)"), ("(1, 2)", "(1,2)"),
+    (" 5 ", "5"), ("5.", "5"), ("x = 5", "5"), ("k=5", "5"), ("\\theta = 30^\\circ", "30"),
+    ("-5", "-5"), ("−5", "-5"), ("- 5", "-5"), ("-\\frac{3}{4}", "-0.75"), ("\\frac{-3}{4}", "-3/4"),
+    ("1\\!000", "1000"), ("3\\,\\text{cm}", "3"),
+    ("50\\%", "50"), ("\\$5", "5"), ("+5", "5"),
+    ("\\sqrt2", "\\sqrt{2}"), ("\\dfrac{\\sqrt3}{2}", "\\frac{\\sqrt{3}}{2}"), ("x^{2}", "x^2"),
+    ("\\text{(A)}", "(A)"), ("2 x + 1", "2x+1"),
+]
+
+# "12" vs "1,2": a comma counts as a thousands separator only in groups of three, so "1,2" is a
+# list/tuple-like string and never the number 12. Same for "1 2".
+MUST_NOT_MATCH = [
+    ("23", "230"), ("230", "23"), ("0.5", "5"), ("1/2", "2/1"), ("12", "1,2"), ("12", "1 2"),
+    ("1000", "1001"), ("1,000", "1,001"), ("3", "3x"), ("3x", "3"), ("3 x", "3"), ("5", "five"),
+    ("-5", "5"), ("2 pi", "2"), ("\\sqrt{2}", "1.414"), ("0.333", "1/3"), ("(1,2)", "(2,1)"),
+    ("\\sqrt{2}", "\\sqrt{3}"), ("2/3", "0.67"), ("x=5", "6"), ("1", "-1"),
+    ("", "5"), ("5", ""), ("", ""), (" ", " "), ("\\text{}", "5"), ("$$", "5"),
+]
+
+
+@pytest.mark.parametrize("pred,gold", MUST_MATCH)
+def test_equivalent_answers_match(pred, gold):
+    assert is_equiv(pred, gold)
+    assert is_equiv(gold, pred), "equivalence must be symmetric"
+
+
+@pytest.mark.parametrize("pred,gold", MUST_NOT_MATCH)
+def test_different_answers_do_not_match(pred, gold):
+    assert not is_equiv(pred, gold)
+
+
+def test_none_prediction_never_matches():
+    assert not is_equiv(None, "5")
+    assert not is_equiv(None, "")
+    assert normalize_answer(None) == ""
+
+
+@pytest.mark.parametrize("raw,canon", [
+    ("023", "23"), ("0.75", "3/4"), ("\\dfrac34", "3/4"), ("-0.50", "-1/2"), ("1,000", "1000"),
+    ("12 345", "12345"), ("\\left( 1, 2 \\right)", "(1,2)"), ("1\\frac{1}{2}", "1\\frac{1}{2}"),
+    ("\\frac{1}{0}", "\\frac{1}{0}"),
+])
+def test_normalize_answer_canonical_forms(raw, canon):
+    # numbers become exact n or p/q; mixed numbers and division by zero stay strings
+    assert normalize_answer(raw) == canon
+
+
+@pytest.mark.parametrize("text,expected", [
+    ("so the answer is \\boxed{42}.", "42"),
+    ("\\boxed{\\frac{1}{2}}", "\\frac{1}{2}"),
+    ("\\boxed{\\frac{\\sqrt{3}}{2}}", "\\frac{\\sqrt{3}}{2}"),
+    ("first \\boxed{1} then \\boxed{2}", "2"),
+    ("\\boxed{\\boxed{3}} and later \\boxed{4}", "4"),
+    ("\\boxed{\\boxed{3}}", "\\boxed{3}"),
+    ("\\fbox{7}", "7"),
+    ("\\boxed{1} then \\fbox{8}", "8"),
+    ("\\boxed {9}", "9"),
+    ("$\\boxed 5$", "5"),
+    ("\\boxed{\\{1,2\\}}", "\\{1,2\\}"),
+    ("\\boxed{a} and a cut-off \\boxed{\\frac{1}{", "a"),
+    ("\\boxed{}", ""),
+    ("no box here: 42", None),
+    ("\\boxedx{3}", None),
+    ("", None),
+])
+def test_extract_boxed(text, expected):
+    assert extract_boxed(text) == expected
+
+
+def test_grade_uses_the_last_box():
+    assert grade("maybe \\boxed{10}, no: \\boxed{023}", "23")
+    assert not grade("\\boxed{23} hmm, actually \\boxed{24}", "23")
+    assert not grade("the answer is 23", "23")
+    assert grade("\\boxed{\\dfrac{3}{4}\\text{ cups}}", "0.75")
