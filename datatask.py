@@ -1,7 +1,7 @@
 """The data task's episode plumbing: shared workspaces, what the agents are shown of them, and
 the summary of graded episodes.
 
-tabular.py makes tasks and grades one submission; this file is what the loop needs around that
+tabular.py makes tasks and submission.py grades one; this file is what the loop needs around that
 (SPEC §2): one workspace folder per episode (train.csv and test.csv, never the answers), its file
 listing with sizes for the agents' prompts and the coach's file trail, and the success rate and
 metric means of a batch of episodes, plain and "fair". Light on purpose: rollout.py imports it,
@@ -62,7 +62,7 @@ GROUPS = {"classification": ("multiclass", ["accuracy", "f1"]),
 def outcome_summary(episodes) -> dict:
     """Success rate and metric means of graded data episodes, plain and fair.
 
-    episodes: objects with .task (.kind, .metric) and .outcome (tabular.score_submission's dict;
+    episodes: objects with .task (.kind, .metric) and .outcome (submission.score_submission's dict;
     {} = not graded, a failure). Returns a flat dict of floats (None where no episode applies):
       success_rate                  valid submissions / episodes
       accuracy, f1                  mean over the valid submissions of classification tasks
@@ -70,11 +70,11 @@ def outcome_summary(episodes) -> dict:
       roc_auc                       the same over tasks whose metric is ROC AUC
       rmse_pct, rmse                the same over regression tasks (RMSE as % of the target range)
       <metric>_fair                 the mean over ALL episodes of the group, a failure counting as
-                                    the worst value (tabular.WORST: F1 0, RMSE% 100, AUC 0.5), so
+                                    the worst value (submission.WORST: F1 0, RMSE% 100, AUC 0.5), so
                                     a method cannot look good by failing often
     Groups without episodes leave their keys out.
     """
-    import tabular
+    import submission
     outcomes = [(ep.task, ep.outcome or {"success": False}) for ep in episodes]
     out = {"success_rate": (sum(bool(o.get("success")) for _, o in outcomes) / len(outcomes)
                             if outcomes else None)}
@@ -85,7 +85,7 @@ def outcome_summary(episodes) -> dict:
         if not members[group]:
             continue
         # "multiclass" names accuracy and f1 only: the classification group pools both kinds.
-        agg = tabular.fair_aggregate(members[group], kind)
+        agg = submission.fair_aggregate(members[group], kind)
         for name in names:
             out[name] = agg["success_only"][name]
             out[f"{name}_fair"] = agg["fair"][name]

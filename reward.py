@@ -254,8 +254,8 @@ def grade(episode: Episode, agents: tuple[Agent, ...]) -> None:
     if episode.workdir is not None:  # data task: score the submission the analyst wrote
         from pathlib import Path
 
-        import tabular
-        episode.outcome = tabular.score_submission(episode.task, Path(episode.workdir) / "submission.csv")
+        import submission
+        episode.outcome = submission.score_submission(episode.task, Path(episode.workdir) / "submission.csv")
         episode.correct = bool(episode.outcome["success"])
         return
     import grader

@@ -12,6 +12,7 @@ import datatask
 import eval as evaluation
 import rollout
 import sandbox
+import submission
 import tabular
 from agents import DATA, add_adapters, load_base
 from reward import LLMCoach, grade
@@ -118,7 +119,7 @@ def constant_submission(tmp_path, task):
     """The score of P(positive) = 0.5 for every row (labels: the negative class): the bar to clear."""
     pd.DataFrame({task.id_col: task.test[task.id_col], task.target: 0.5}).to_csv(
         tmp_path / "constant.csv", index=False)
-    return tabular.score_submission(task, tmp_path / "constant.csv")
+    return submission.score_submission(task, tmp_path / "constant.csv")
 
 
 def test_perfect_trio_leaves_every_file_and_a_good_submission(trio, tmp_path):
@@ -196,7 +197,7 @@ def test_workspace_files_listing_and_removal():
 def _ep(kind, metric, **outcome):
     task = SimpleNamespace(id=f"{kind}-{metric}-{len(outcome)}", kind=kind, metric=metric)
     return Episode(task, "", workdir="/nowhere", outcome={"success": True, **outcome} if outcome
-                   else tabular._fail("submission.csv not found"), correct=bool(outcome))
+                   else submission._fail("submission.csv not found"), correct=bool(outcome))
 
 
 def test_outcome_summary_pools_kinds_and_counts_failures_as_worst():

@@ -1,4 +1,4 @@
-"""Tests for tabular.py: grading by hand-computed metrics, fair aggregation, the task generator
+"""Tests for tabular.py and submission.py: grading by hand-computed metrics, fair aggregation, the task generator
 (determinism, variety, learnability), the workspace writer and the task-folder loader."""
 import json
 import math
@@ -6,6 +6,7 @@ import math
 import pandas as pd
 import pytest
 
+import submission as sb
 import tabular as tb
 from tabular import DataError, TabularTask
 
@@ -24,7 +25,7 @@ def _task(kind, y, ids=None, metric=None, pos_label=None, target="y", id_col="id
 def _submit(tmp_path, task, frame, name="submission.csv"):
     path = tmp_path / name
     pd.DataFrame(frame).to_csv(path, index=False)
-    return tb.score_submission(task, path)
+    return sb.score_submission(task, path)
 
 
 # ---------------------------------------------------------------- scoring
@@ -54,7 +55,7 @@ def test_stray_index_column_and_other_prediction_name(tmp_path):
     task = _task("binary", [1, 0, 1, 1, 0], pos_label=1)
     frame = pd.DataFrame({"id": [1, 2, 3, 4, 5], "prediction": [1, 0, 0, 1, 0]})
     frame.to_csv(tmp_path / "submission.csv")  # index=True writes an "Unnamed: 0" column
-    r = tb.score_submission(task, tmp_path / "submission.csv")
+    r = sb.score_submission(task, tmp_path / "submission.csv")
     assert r["success"] and r["accuracy"] == pytest.approx(4 / 5)
 
 
@@ -127,24 +128,24 @@ def test_broken_binary_task_is_a_data_error(tmp_path):
     task = _task("binary", [1, 0, 1, 0], pos_label="yes")  # pos_label is not a class
     pd.DataFrame({"id": [1, 2, 3, 4], "y": [1, 0, 1, 0]}).to_csv(tmp_path / "s.csv", index=False)
     with pytest.raises(DataError, match="pos_label"):
-        tb.score_submission(task, tmp_path / "s.csv")
+        sb.score_submission(task, tmp_path / "s.csv")
 
 
 def test_missing_and_unparsable_files(tmp_path):
     task = _task("binary", [1, 0], pos_label=1)
-    r = tb.score_submission(task, tmp_path / "submission.csv")
+    r = sb.score_submission(task, tmp_path / "submission.csv")
     assert not r["success"] and "not found" in r["reason"]
     for text in ["", "id,y\n1,0\n2,1,3,4\n"]:  # empty; a row with too many fields
         (tmp_path / "bad.csv").write_text(text)
-        r = tb.score_submission(task, tmp_path / "bad.csv")
+        r = sb.score_submission(task, tmp_path / "bad.csv")
         assert not r["success"] and "parsable" in r["reason"] and "\n" not in r["reason"]
 
 
 def test_fair_aggregate_counts_failures_as_worst():
-    fail = tb._fail("submission.csv not found")
+    fail = sb._fail("submission.csv not found")
     cls = [{"success": True, "accuracy": 0.8, "f1": 0.6, "roc_auc": 0.9},
            {"success": True, "accuracy": 0.6, "f1": 0.4, "roc_auc": None}, fail]
-    agg = tb.fair_aggregate(cls, "binary")
+    agg = sb.fair_aggregate(cls, "binary")
     assert agg["n"] == 3 and agg["n_success"] == 2 and agg["success_rate"] == pytest.approx(2 / 3)
     assert agg["fair"]["accuracy"] == pytest.approx(1.4 / 3)
     assert agg["fair"]["f1"] == pytest.approx(1.0 / 3)
@@ -152,14 +153,14 @@ def test_fair_aggregate_counts_failures_as_worst():
     assert agg["success_only"] == pytest.approx({"accuracy": 0.7, "f1": 0.5, "roc_auc": 0.9})
     reg = [{"success": True, "rmse": 2.0, "rmse_pct": 10.0},
            {"success": True, "rmse": 4.0, "rmse_pct": 30.0}, fail, fail]
-    agg = tb.fair_aggregate(reg, "regression")
+    agg = sb.fair_aggregate(reg, "regression")
     assert agg["success_rate"] == 0.5 and agg["fair"] == pytest.approx({"rmse_pct": 60.0})
     assert agg["success_only"] == pytest.approx({"rmse_pct": 20.0, "rmse": 3.0})
-    empty = tb.fair_aggregate([], "multiclass")
+    empty = sb.fair_aggregate([], "multiclass")
     assert empty["success_rate"] is None and empty["fair"] == {"accuracy": None, "f1": None}
-    assert tb.fair_aggregate([fail], "multiclass")["success_only"]["accuracy"] is None
+    assert sb.fair_aggregate([fail], "multiclass")["success_only"]["accuracy"] is None
     with pytest.raises(ValueError):
-        tb.fair_aggregate(cls, "classification")
+        sb.fair_aggregate(cls, "classification")
 
 
 # ---------------------------------------------------------------- generator
