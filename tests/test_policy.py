@@ -157,3 +157,23 @@ def test_one_optimiser_per_adapter_owning_only_its_parameters(policy):
     assert all(owned[a.name] for a in MATH)
     assert not (owned["solver"] & owned["executor"]) and not (owned["executor"] & owned["verifier"])
     assert owned["solver"] == {id(p) for p in agents.adapter_parameters(model, "solver")}
+
+
+def test_adapters_as_a_run_saves_them_load_back_per_agent(policy, tmp_path):
+    """The path eval.py takes: checkpoint.save's save_pretrained, then add_adapters(init_from=...).
+    Each agent must get its own weights back (not the first adapter's, not fresh zeros)."""
+    tokenizer, model = policy
+    model.save_pretrained(tmp_path / "adapters", selected_adapters=[a.name for a in MATH])  # as checkpoint.save
+    _, base = load_base("tiny", load_in_4bit=False, device="cpu")
+    loaded = add_adapters(base, MATH, init_from=tmp_path / "adapters")
+    ids = torch.tensor([tokenizer.encode("What is 2+3? The answer is")])
+    with torch.no_grad():
+        def logits(m, name):
+            with acting_as(m, name):
+                return m(ids).logits
+        per_agent = {a.name: logits(model, a.name) for a in MATH}
+        for a in MATH:
+            assert torch.equal(logits(loaded, a.name), per_agent[a.name]), a.name
+        assert torch.equal(logits(loaded, None), logits(model, None))
+    assert not torch.equal(per_agent["solver"], per_agent["verifier"])  # the adapters really differ
+    assert not torch.equal(per_agent["solver"], logits(model, None))
