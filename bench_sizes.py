@@ -18,6 +18,8 @@ import time
 
 import torch
 
+import bench_measure
+
 GPU_SIZES = ("1.5b", "7b")  # measured only where CUDA is present
 
 # Shapes of the public Qwen2.5 configs (config.json of Qwen/Qwen2.5-1.5B-Instruct and -7B-Instruct).
@@ -110,13 +112,12 @@ def measure_size(size: str, device: str, *, batch: int, prompt_tokens: int, new_
     """With 3 adapters on one base: generation tokens/s (batch x new_tokens, fixed length), seconds
     per update of one agent on `batch` actions of prompt_tokens + new_tokens, and peak memory;
     then at this size the batch speed-up of generation and the logit-vs-generate coach ratio."""
-    import bench
     import tiny
     from agents import MATH, add_adapters, load_base, make_optimizers
     from config import Config
     from train import update_agent
 
-    baseline = bench.peak_memory_mb(device)
+    baseline = bench_measure.peak_memory_mb(device)
     t0 = time.perf_counter()
     if size in tiny.SIZES:
         _, base = load_base(size, load_in_4bit, device)
@@ -133,7 +134,7 @@ def measure_size(size: str, device: str, *, batch: int, prompt_tokens: int, new_
     prompts = torch.randint(0, vocab, (batch, prompt_tokens), generator=torch.Generator().manual_seed(0))
     prompts = prompts.to(model.device)
     actions = synthetic_actions(batch, prompt_tokens, new_tokens, vocab)
-    bench.reset_peak(device)
+    bench_measure.reset_peak(device)
 
     def gen(rows, n):  # n of the prompts, `rows` at a time; the rate is per token either way
         def fn():
@@ -147,12 +148,12 @@ def measure_size(size: str, device: str, *, batch: int, prompt_tokens: int, new_
         update_agent(model, "solver", actions, optimizers["solver"], cfg)
         return {}
 
-    runs = bench.repeat({"gen": gen(batch, batch), "update": update}, reps, device=device)
+    runs = bench_measure.repeat({"gen": gen(batch, batch), "update": update}, reps, device=device)
     out = {"size": size, "params_m": round(params / 1e6, 1), "device": device, "4bit": load_in_4bit,
            "batch": batch, "prompt_tokens": prompt_tokens, "new_tokens": new_tokens, "load_s": round(load_s, 1),
-           "gen_tok_s": bench.spread(bench.rates(runs["gen"], "tokens")),
-           "update_s": bench.spread(bench.seconds(runs["update"])), "baseline_mb": round(baseline),
-           "peak_mb": round(bench.peak_memory_mb(device))}
+           "gen_tok_s": bench_measure.spread(bench_measure.rates(runs["gen"], "tokens")),
+           "update_s": bench_measure.spread(bench_measure.seconds(runs["update"])), "baseline_mb": round(baseline),
+           "peak_mb": round(bench_measure.peak_memory_mb(device))}
     if device.startswith("cuda"):  # what the caching allocator held: what a card must have free
         out["reserved_mb"] = round(torch.cuda.max_memory_reserved() / 2**20)
     # The two speed ratios of the targets at this size (peak memory is already taken above):
@@ -162,13 +163,13 @@ def measure_size(size: str, device: str, *, batch: int, prompt_tokens: int, new_
         def logit():
             model(input_ids=prompts, logits_to_keep=2)
             return {}
-        ratios = bench.repeat({"gen1": gen(1, min(batch, 2)), "logit": logit,
+        ratios = bench_measure.repeat({"gen1": gen(1, min(batch, 2)), "logit": logit,
                                "rationale": lambda: {"tokens": fixed_length_generate(model, prompts, coach_tokens)}},
                               reps, device=device)
-    one = bench.spread(bench.rates(ratios["gen1"], "tokens"))
+    one = bench_measure.spread(bench_measure.rates(ratios["gen1"], "tokens"))
     out.update(gen1_tok_s=one, batch_speedup=out["gen_tok_s"]["median"] / one["median"], coach_tokens=coach_tokens,
-               logit_s=bench.spread(bench.seconds(ratios["logit"])),
-               rationale_s=bench.spread(bench.seconds(ratios["rationale"])))
+               logit_s=bench_measure.spread(bench_measure.seconds(ratios["logit"])),
+               rationale_s=bench_measure.spread(bench_measure.seconds(ratios["rationale"])))
     out["coach_ratio"] = out["rationale_s"]["median"] / out["logit_s"]["median"]
     return out
 
@@ -178,11 +179,11 @@ def memory_child(args, adapters: int, with_coach: bool) -> dict:
     and the logit coach (or none: outcome reward), or with ONE adapter that every agent acts and
     learns through and no coach. The work is otherwise the same, so the differences are the
     adapters and the coach pass."""
-    import bench
+    import bench  # the MAPPA pieces the step is made of
     import rollout
     import train
     from agents import MATH, acting_as
-    baseline = bench.peak_memory_mb(args.device)
+    baseline = bench_measure.peak_memory_mb(args.device)
     ctx = bench.make_ctx(args, MATH if adapters == 3 else MATH[:1])
     if adapters == 1:
         shared = MATH[0].name
@@ -190,10 +191,10 @@ def memory_child(args, adapters: int, with_coach: bool) -> dict:
         rollout.acting_as = train.acting_as = one
         ctx.agents, ctx.optimizers = MATH, {a.name: ctx.optimizers[shared] for a in MATH}
     c = bench.coach(ctx, "logit") if with_coach else None
-    bench.reset_peak(args.device)
+    bench_measure.reset_peak(args.device)
     for _ in range(2):  # the second step runs with the optimiser state allocated
         run = bench.mappa_step(ctx, args, c)
-    return {"baseline_mb": baseline, "peak_mb": bench.peak_memory_mb(args.device), "tokens": run["tokens"]}
+    return {"baseline_mb": baseline, "peak_mb": bench_measure.peak_memory_mb(args.device), "tokens": run["tokens"]}
 
 
 def child(args, spec: str) -> dict:

@@ -7,9 +7,10 @@ listing with sizes for the agents' prompts and the coach's file trail, and the s
 metric means of a batch of episodes, plain and "fair". Light on purpose: rollout.py imports it,
 and a math run should not pay for pandas or scikit-learn.
 """
-import shutil
 import tempfile
 from pathlib import Path
+
+import sandbox
 
 
 def new_workspace(task) -> str:
@@ -24,7 +25,7 @@ def remove_workspaces(episodes) -> None:
     """Delete the workspace of every episode that has one (after grading and the coach)."""
     for ep in episodes:
         if ep.workdir:
-            shutil.rmtree(ep.workdir, ignore_errors=True)
+            sandbox.remove_folder(ep.workdir)
 
 
 def workspace_files(folder: str | Path) -> dict[str, int]:

@@ -62,14 +62,22 @@ def init(device: str) -> str:
     return device
 
 
+def _wire(t: torch.Tensor) -> torch.Tensor:
+    """t where the backend can send it: NCCL moves GPU tensors only, and our moments and counts
+    live on the CPU. The result may be t itself (in-place collectives then write into t)."""
+    return t.cuda() if td.get_backend() == "nccl" and not t.is_cuda else t
+
+
+def _all_reduce(t: torch.Tensor, op) -> torch.Tensor:
+    work = _wire(t)
+    work = work.clone() if work is t else work  # never overwrite the caller's tensor
+    td.all_reduce(work, op=op)
+    return work.to(t.device)
+
+
 def all_sum(t: torch.Tensor) -> torch.Tensor:
     """The element-wise sum of t over ranks, on t's device (t itself alone)."""
-    if not active():
-        return t
-    # NCCL reduces GPU tensors only; our moments and counts live on the CPU
-    work = t.cuda() if td.get_backend() == "nccl" and not t.is_cuda else t.clone()
-    td.all_reduce(work, op=td.ReduceOp.SUM)
-    return work.to(t.device)
+    return _all_reduce(t, td.ReduceOp.SUM) if active() else t
 
 
 def sum_float(x: float) -> float:
@@ -78,12 +86,7 @@ def sum_float(x: float) -> float:
 
 def max_int(n: int) -> int:
     """The largest n over ranks (so every rank runs the same number of collective steps)."""
-    if not active():
-        return n
-    work = torch.tensor([n], dtype=torch.int64)
-    work = work.cuda() if td.get_backend() == "nccl" else work
-    td.all_reduce(work, op=td.ReduceOp.MAX)
-    return int(work.item())
+    return int(_all_reduce(torch.tensor([n], dtype=torch.int64), td.ReduceOp.MAX).item()) if active() else n
 
 
 def sum_grads(params: list[torch.nn.Parameter]) -> None:
@@ -107,7 +110,7 @@ def broadcast_(tensors: list[torch.Tensor]) -> None:
         return
     with torch.no_grad():
         for t in tensors:
-            work = t.data.cuda() if td.get_backend() == "nccl" and not t.is_cuda else t.data
+            work = _wire(t.data)
             td.broadcast(work, src=0)
             if work is not t.data:
                 t.data.copy_(work)

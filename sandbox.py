@@ -128,15 +128,20 @@ def workspace(prefix: str = "mappa-") -> Iterator[Path]:
     try:
         yield path
     finally:
+        remove_folder(path)
+
+
+def remove_folder(path: str | os.PathLike) -> None:
+    """Delete a folder that actions wrote into, even one they made unreadable (chmod 000)."""
+    shutil.rmtree(path, ignore_errors=True)
+    if os.path.exists(path):  # an action made directories unreadable: restore owner rwx, retry
+        with suppress(OSError):
+            os.chmod(path, 0o700)
+        for root, dirs, _ in os.walk(path):  # top-down: a dir is fixed before it is entered
+            for d in dirs:
+                with suppress(OSError):
+                    os.chmod(os.path.join(root, d), 0o700, follow_symlinks=False)
         shutil.rmtree(path, ignore_errors=True)
-        if path.exists():  # an action made directories unreadable: restore owner rwx, retry
-            with suppress(OSError):
-                os.chmod(path, 0o700)
-            for root, dirs, _ in os.walk(path):  # top-down: a dir is fixed before it is entered
-                for d in dirs:
-                    with suppress(OSError):
-                        os.chmod(os.path.join(root, d), 0o700, follow_symlinks=False)
-            shutil.rmtree(path, ignore_errors=True)
 
 
 # ------------------------------------------------- running actions (the other side: sandbox_child.py)

@@ -61,10 +61,9 @@ def train(cfg: Config, *, coach=None, agents=None, tasks=None, grader=grade, qui
     if resuming:
         state = checkpoint.load(resuming, model, names, optimizers, schedulers, sampler)
         dist.resume_rank(state, checkpoint.set_rng_state)  # this rank's own RNG; same number of processes
-        if dist.is_main():
-            checkpoint.truncate_logs(run_dir, state["log_sizes"])
         start = state["step"]
         if dist.is_main():
+            checkpoint.truncate_logs(run_dir, state["log_sizes"])
             print(f"resumed {run_dir} from step {start}", flush=True)
 
     for step in range(start + 1, cfg.steps + 1):

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 import bench
+import bench_measure
 import bench_report
 import bench_sizes
 
@@ -13,21 +14,21 @@ import bench_sizes
 def test_repeat_interleaves_the_sides_and_drops_the_warmup():
     calls = []
     fns = {"a": lambda: calls.append("a") or {"n": len(calls)}, "b": lambda: calls.append("b") or {}}
-    runs = bench.repeat(fns, reps=3, warmup=1)
+    runs = bench_measure.repeat(fns, reps=3, warmup=1)
     assert calls == ["a", "b"] * 4
     assert [r["n"] for r in runs["a"]] == [3, 5, 7]  # the warm-up call (n=1) is not reported
     assert all(r["seconds"] >= 0 for r in runs["a"] + runs["b"])
 
 
 def test_a_function_may_time_itself():
-    runs = bench.repeat({"x": lambda: {"seconds": 42.0}}, reps=2, warmup=0)
-    assert bench.seconds(runs["x"]) == [42.0, 42.0]
+    runs = bench_measure.repeat({"x": lambda: {"seconds": 42.0}}, reps=2, warmup=0)
+    assert bench_measure.seconds(runs["x"]) == [42.0, 42.0]
 
 
 def test_spread_and_rates():
-    assert bench.spread([3.0, 1.0, 2.0]) == {"median": 2.0, "min": 1.0, "max": 3.0, "n": 3}
-    assert bench.rates([{"tokens": 10, "seconds": 2.0}], "tokens") == [5.0]
-    assert bench_report.fmt(bench.spread([1.0, 2.0, 4.0])) == "2 [1-4]"
+    assert bench_measure.spread([3.0, 1.0, 2.0]) == {"median": 2.0, "min": 1.0, "max": 3.0, "n": 3}
+    assert bench_measure.rates([{"tokens": 10, "seconds": 2.0}], "tokens") == [5.0]
+    assert bench_report.fmt(bench_measure.spread([1.0, 2.0, 4.0])) == "2 [1-4]"
 
 
 @pytest.mark.parametrize("key,ratio,want", [("rollout", 4.0, "PASS"), ("rollout", 3.9, "FAIL"),

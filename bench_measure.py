@@ -1,0 +1,66 @@
+"""Measuring for bench.py: interleaved repetitions, their median and range, and peak memory.
+
+The two sides of a comparison run interleaved (A, B, A, B, ...) after a warm-up, so load on a
+shared machine hits both alike; a result is the median and [min-max] of the repetitions.
+"""
+import resource
+import statistics
+import time
+
+import torch
+
+
+def peak_memory_mb(device: str) -> float:
+    """Peak memory since the last reset_peak, in MiB: CUDA max_memory_allocated, else the
+    process's peak RSS (VmHWM; ru_maxrss would carry the parent's peak into a child: Linux keeps
+    it across fork and exec)."""
+    if device.startswith("cuda"):
+        return torch.cuda.max_memory_allocated() / 2**20
+    try:
+        with open("/proc/self/status") as f:
+            return next(int(ln.split()[1]) for ln in f if ln.startswith("VmHWM:")) / 1024
+    except (OSError, StopIteration):  # not Linux
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def reset_peak(device: str) -> None:
+    """Start a new peak: CUDA's counters, or the RSS high-water mark (Linux >= 4.0, proc(5) clear_refs)."""
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        return
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    except OSError:
+        pass
+
+
+def repeat(fns: dict, reps: int, warmup: int = 1, device: str = "cpu") -> dict[str, list[dict]]:
+    """Call each fn () -> dict of counts warmup + reps times, interleaved; per fn, the reps'
+    dicts with "seconds" added (a fn may time itself by returning "seconds")."""
+    runs = {name: [] for name in fns}
+    for i in range(warmup + reps):
+        for name, fn in fns.items():
+            t0 = time.perf_counter()
+            out = fn()
+            if device.startswith("cuda"):
+                torch.cuda.synchronize()
+            out.setdefault("seconds", time.perf_counter() - t0)
+            if i >= warmup:
+                runs[name].append(out)
+    return runs
+
+
+def seconds(runs: list[dict]) -> list[float]:
+    return [r["seconds"] for r in runs]
+
+
+def rates(runs: list[dict], key: str) -> list[float]:
+    """runs[i][key] / runs[i]["seconds"], e.g. tokens per second."""
+    return [r[key] / r["seconds"] for r in runs]
+
+
+def spread(xs: list[float]) -> dict:
+    """Median and range of repeated measurements."""
+    return {"median": statistics.median(xs), "min": min(xs), "max": max(xs), "n": len(xs)}
