@@ -22,15 +22,14 @@ from pathlib import Path
 
 import torch
 
-import datatask
 import sandbox
 from agents import PIPELINES, ModelLoadError, add_adapters, load_base
 from coach_api import make_coach
 from config import Config, OneLineParser, UserError, fail, load_config
 from reward import grade
-from rollout import Episode, rollout
+from rollout import Episode, new_episodes, rollout
 from runlog import episode_record, mean, rollout_metrics
-from tasks import DataError
+from tasks import DataError, load_tasks, workspace
 
 JUDGE_THRESHOLD = 5.0  # a coach score >= this counts as the coach calling the final answer right
 
@@ -61,7 +60,6 @@ def run_episodes(model, tokenizer, cfg: Config, agents, *, k: int = 4, temperatu
     failed (episode.error) is kept and counts as wrong, so avg@k and pass@k stay over k per task."""
     from tqdm.auto import tqdm  # tqdm ships with transformers
 
-    from train import load_tasks, new_episodes
     torch.manual_seed(seed)
     source = data or cfg.eval_data
     tasks = load_tasks(cfg.task, source, split or default_split(source))[:limit]
@@ -85,7 +83,7 @@ def run_episodes(model, tokenizer, cfg: Config, agents, *, k: int = 4, temperatu
                     for (_, a), s in zip(items, coach.score(items)):
                         a.score = s
             finally:  # data task workspaces: the grader and the coach are done with them
-                datatask.remove_workspaces(batch)
+                workspace.remove_workspaces(batch)
             episodes += batch
             bar.update(len(tasks[start:start + chunk]))
     return episodes
@@ -104,7 +102,7 @@ def math_metrics(episodes: list[Episode], agents) -> dict:
 
 # Task-specific summary metrics, by task name: f(episodes, agents) -> {metric: value}. Everything
 # else in the summary holds for any pipeline; a new task adds its outcome metrics here.
-TASK_METRICS = {"math": math_metrics, "data": lambda episodes, agents: datatask.outcome_summary(episodes)}
+TASK_METRICS = {"math": math_metrics, "data": lambda episodes, agents: workspace.outcome_summary(episodes)}
 
 
 def judge_metrics(episodes: list[Episode], final: str, threshold: float = JUDGE_THRESHOLD) -> dict:

@@ -85,7 +85,7 @@ def file_trail(episode: Episode, agents: tuple[Agent, ...], upto: Action) -> str
     blamed on the agent that forgot to save the file, not on the one that tripped over it.
 
     A requirement counts as met by the files present after the agent's own last action."""
-    from datatask import describe_files
+    from tasks.workspace import describe_files
 
     titles = {a.name: a.title for a in agents}
     before = dict(episode.start_files or {})
@@ -254,11 +254,11 @@ def grade(episode: Episode, agents: tuple[Agent, ...]) -> None:
     if episode.workdir is not None:  # data task: score the submission the analyst wrote
         from pathlib import Path
 
-        import submission
+        from tasks import submission
         episode.outcome = submission.score_submission(episode.task, Path(episode.workdir) / "submission.csv")
         episode.correct = bool(episode.outcome["success"])
         return
-    import grader
+    from tasks import grader
     final = episode.final_action(agents[-1].name)
     episode.answer = grader.extract_boxed(final.text) if final else None
     episode.correct = grader.is_equiv(episode.answer, episode.task.answer)

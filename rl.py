@@ -76,7 +76,7 @@ def normalize_advantages(returns: torch.Tensor, mask: torch.Tensor, moments: tor
 
     As in REINFORCE++, the KL penalty is inside the returns, so a batch whose rewards are all equal
     still gets unit-variance advantages: a full-size step that only pulls toward the reference
-    (README, "Evidence that it learns", measures what this does).
+    (docs/credit.md, the beta=0 ablation, measures what this does).
     """
     s, ss, n = (moments if moments is not None else masked_moments(returns, mask)).tolist()
     n = max(n, 1.0)

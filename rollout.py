@@ -19,7 +19,7 @@ import torch
 
 import sandbox
 from agents import Agent, acting_as, agent_input
-from datatask import describe_files, workspace_files
+from tasks.workspace import describe_files, new_workspace, workspace_files
 
 
 @dataclass
@@ -41,7 +41,7 @@ class Action:
 
 @dataclass
 class Episode:
-    task: Any                   # a tasks.Problem or a tabular.TabularTask
+    task: Any                   # a tasks.problems.Problem or a tasks.tabular.TabularTask
     text: str                   # the task as the agents read it
     actions: list[Action] = field(default_factory=list)
     workdir: str | None = None  # shared workspace (data task); None: each code action gets a fresh one
@@ -177,6 +177,18 @@ def rollout(model, tokenizer, agents: tuple[Agent, ...], episodes: list[Episode]
             for ep, action in acted:  # the file trail: what each action left, code or not
                 if ep.workdir and action.files_after is None:
                     action.files_after = workspace_files(ep.workdir)
+    return episodes
+
+
+def new_episodes(tasks: list, samples: int) -> list[Episode]:
+    """`samples` fresh episodes per task (data tasks get a workspace with train.csv and test.csv)."""
+    episodes = []
+    for task in tasks:
+        for _ in range(samples):
+            if hasattr(task, "description"):
+                episodes.append(Episode(task, task.description, workdir=new_workspace(task)))
+            else:
+                episodes.append(Episode(task, task.problem))
     return episodes
 
 

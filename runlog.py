@@ -5,8 +5,8 @@ import math
 from dataclasses import asdict
 from pathlib import Path
 
-import datatask
 from rollout import Episode
+from tasks import workspace
 
 # column title, metric suffix, format
 COLUMNS = [("actions", "actions", "{:.0f}"), ("reward", "reward_mean", "{:.3f}"), ("score", "score_mean", "{:.2f}"),
@@ -25,7 +25,7 @@ def rollout_metrics(episodes: list[Episode], agents) -> dict:
     m = {"episode/accuracy": mean([float(bool(ep.correct)) for ep in episodes]),
          "episode/count": len(episodes)}
     if episodes and episodes[0].workdir is not None:  # data task: success rate, metric means, fair means
-        m |= {f"data/{k}": v for k, v in datatask.outcome_summary(episodes).items()}
+        m |= {f"data/{k}": v for k, v in workspace.outcome_summary(episodes).items()}
     for agent in agents:
         acts = [a for ep in episodes for a in ep.actions if a.agent == agent.name]
         p = agent.name + "/"

@@ -16,7 +16,6 @@ import numpy as np
 import torch
 
 import checkpoint
-import datatask
 import dist
 import rl
 import sandbox
@@ -24,9 +23,9 @@ from agents import PIPELINES, ModelLoadError, acting_as, add_adapters, adapter_p
 from coach_api import make_coach
 from config import Config, UserError, fail, parse_args
 from reward import assign_rewards, grade
-from rollout import Action, Episode, episode_guard, live, pad_left, rollout
+from rollout import Action, Episode, episode_guard, live, new_episodes, pad_left, rollout
 from runlog import RunLog, rollout_metrics
-from tasks import DataError
+from tasks import DataError, load_tasks, workspace
 
 
 def train(cfg: Config, *, coach=None, agents=None, tasks=None, grader=grade, quiet: bool = False) -> Path:
@@ -90,7 +89,7 @@ def train(cfg: Config, *, coach=None, agents=None, tasks=None, grader=grade, qui
                     a.score = s
             assign_rewards(episodes, cfg.reward, cfg.outcome_weight)
         finally:  # workspaces are per episode; the grader and the coach have read them
-            datatask.remove_workspaces(batch)
+            workspace.remove_workspaces(batch)
         t_coach = time.perf_counter()
         # 3. each agent learns from its own actions only, on its own adapter and optimiser
         metrics = {"step": step, "episode/dropped": dist.sum_float(len(batch) - len(episodes))} \
@@ -208,26 +207,6 @@ def action_logprobs(model, actions: list[Action], T: int, micro_batch: int, temp
         out[start:start + len(chunk), :Tc] = logp.float().cpu()
         assert P + Tc == ids.shape[1]
     return out
-
-
-def new_episodes(tasks: list, samples: int) -> list[Episode]:
-    """`samples` fresh episodes per task (data tasks get a workspace with train.csv and test.csv)."""
-    episodes = []
-    for task in tasks:
-        for _ in range(samples):
-            if hasattr(task, "description"):
-                episodes.append(Episode(task, task.description, workdir=datatask.new_workspace(task)))
-            else:
-                episodes.append(Episode(task, task.problem))
-    return episodes
-
-
-def load_tasks(task: str, source: str, split: str) -> list:
-    if task == "data":
-        import tabular
-        return tabular.builtin_tabular(split) if source == "builtin" else tabular.load_task_folder(source)
-    import tasks
-    return tasks.load_problems(source, split)
 
 
 def seed_everything(seed: int) -> None:

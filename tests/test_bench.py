@@ -1,14 +1,18 @@
-"""bench.py's machinery: interleaved repetitions, identical work per repetition, the verdicts, the
+"""The benchmark's machinery (`python -m bench`): interleaved repetitions, identical work per repetition, the verdicts, the
 4-bit random models of the GPU rows, and one-line usage errors. No timing assertions."""
+import json
+import os
 from types import SimpleNamespace
 
 import pytest
 import torch
 
-import bench
-import bench_measure
-import bench_report
-import bench_sizes
+from bench import measure as bench_measure
+from bench import report as bench_report
+from bench import rows
+from bench import sizes as bench_sizes
+from bench.__main__ import parse
+from tests.test_cli import run
 
 
 def test_repeat_interleaves_the_sides_and_drops_the_warmup():
@@ -50,14 +54,14 @@ def one_thread():
 def test_every_repetition_of_a_mappa_step_does_the_same_work(one_thread):
     """restore() + re-seeding: two steps sample the same actions though the first one trained."""
     args = SimpleNamespace(model="tiny", device="cpu", max_new_tokens=32, batch=2, four_bit=False)
-    ctx = bench.make_ctx(args)
-    coach = bench.coach(ctx, "logit")
-    first = bench.mappa_step(ctx, args, coach)
+    ctx = rows.make_ctx(args)
+    coach = rows.coach(ctx, "logit")
+    first = rows.mappa_step(ctx, args, coach)
     before = [p.detach().clone() for p in ctx.params]
-    second = bench.mappa_step(ctx, args, coach)
+    second = rows.mappa_step(ctx, args, coach)
     assert first["tokens"] == second["tokens"] > 0
     assert any(not torch.equal(a, b) for a, b in zip(before, ctx.snapshot[0]))  # the step did train
-    bench.restore(ctx)
+    rows.restore(ctx)
     assert all(torch.equal(p, w) for p, w in zip(ctx.params, ctx.snapshot[0]))
 
 
@@ -87,7 +91,7 @@ def test_synthetic_actions_have_the_asked_lengths_and_are_reproducible():
 @pytest.mark.parametrize("argv", [["--sizes", "tiny,13b"], ["--only", "rollout,speed"], ["--batch", "0"]])
 def test_bad_flags_fail_with_one_line_and_exit_2(argv, capsys):
     with pytest.raises(SystemExit) as e:
-        bench.parse(argv)
+        parse(argv)
     assert e.value.code == 2
     assert len(capsys.readouterr().err.strip().splitlines()) == 1
 
@@ -95,3 +99,16 @@ def test_bad_flags_fail_with_one_line_and_exit_2(argv, capsys):
 def test_gpu_sizes_are_reported_as_not_measured_without_cuda():
     args = SimpleNamespace(sizes=["7b"], device="cpu")
     assert bench_sizes.size_rows(args) == [{"size": "7b", "error": "not measured (no GPU)"}]
+
+
+def test_bench_sandbox_smoke():
+    out = rows.bench_sandbox(n=4, n_timeouts=1, timeout_s=0.5)
+    assert out["n"] == 4 and out["sequential_s"] >= 0.5 and out["parallel_s"] >= 0.5
+    assert out["parallel_cores_s"] >= 0.5 and out["workers"] == min(4, 4 * os.cpu_count())
+
+
+def test_the_command_runs_as_the_readme_says(tmp_path):
+    """`python -m bench` from the repository: a quick sandbox row, its table and the JSON file."""
+    r = run("-m", "bench", "--quick", "--only", "sandbox", "--json", str(tmp_path / "b.json"), timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert "sandbox" in r.stdout and json.loads((tmp_path / "b.json").read_text())["results"]["sandbox"]["n"] == 8

@@ -16,7 +16,7 @@ from coach_api import APICoach, backoff_delay, chat_url, make_coach
 from config import PRESETS, Config, UserError, parse_args
 from reward import RETRY, coach_messages
 from rollout import Action, Episode
-from tasks import Problem
+from tasks.problems import Problem
 
 
 class Endpoint:

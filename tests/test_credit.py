@@ -4,9 +4,9 @@ A broken loss sign, advantage or mask makes the agents' scores fall or drift ins
 """
 import pytest
 
-import credit
+from experiments import credit
 from rollout import Action, Episode
-from tasks import Problem
+from tasks.problems import Problem
 
 
 @pytest.fixture

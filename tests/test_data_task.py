@@ -8,15 +8,13 @@ from types import SimpleNamespace
 import pandas as pd
 import pytest
 
-import datatask
 import eval as evaluation
 import rollout
 import sandbox
-import submission
-import tabular
 from agents import DATA, add_adapters, load_base
 from reward import LLMCoach, grade
 from rollout import Episode
+from tasks import submission, tabular, workspace
 from tests.test_cli import run
 
 ENGINEER = '''```python
@@ -97,7 +95,7 @@ def trio():
 
     fake_generate.turns = {}
     tasks = pick_tasks()
-    episodes = [Episode(t, t.description, workdir=datatask.new_workspace(t)) for t in tasks]
+    episodes = [Episode(t, t.description, workdir=workspace.new_workspace(t)) for t in tasks]
     mp = pytest.MonkeyPatch()
     mp.setattr(rollout, "generate", fake_generate)
     try:
@@ -108,7 +106,7 @@ def trio():
         yield SimpleNamespace(model=model, tokenizer=tokenizer, episodes=episodes)
     finally:
         mp.undo()
-        datatask.remove_workspaces(episodes)
+        workspace.remove_workspaces(episodes)
 
 
 def by_agent(ep, agent, turn):
@@ -178,20 +176,20 @@ def test_forgetful_engineer_fails_and_the_coach_sees_who_forgot(trio):
 # ---------------------------------------------------------------- pure helpers
 def test_workspace_files_listing_and_removal():
     task = tabular.builtin_tabular("eval", 1)[0]
-    folder = datatask.new_workspace(task)
+    folder = workspace.new_workspace(task)
     ep = Episode(task, task.description, workdir=folder)
     (Path(folder) / "sub").mkdir()
     (Path(folder) / "sub" / "model.pkl").write_bytes(b"x" * 2048)
     (Path(folder) / ".hidden").write_text("x")
     (Path(folder) / "tiny.txt").write_text("abc")
-    files = datatask.workspace_files(folder)
+    files = workspace.workspace_files(folder)
     assert list(files) == ["sub/model.pkl", "test.csv", "tiny.txt", "train.csv"]
     assert files["sub/model.pkl"] == 2048 and files["tiny.txt"] == 3
-    text = datatask.describe_files(files)
+    text = workspace.describe_files(files)
     assert text.startswith("sub/model.pkl (2.0 KB), test.csv (") and "tiny.txt (3 B)" in text
-    assert datatask.describe_files({}) == "(none)" and datatask.format_size(3 * 1024 ** 2) == "3.0 MB"
-    datatask.remove_workspaces([ep, Episode(task, "no workspace")])
-    assert not Path(folder).exists() and datatask.workspace_files(folder) == {}
+    assert workspace.describe_files({}) == "(none)" and workspace.format_size(3 * 1024 ** 2) == "3.0 MB"
+    workspace.remove_workspaces([ep, Episode(task, "no workspace")])
+    assert not Path(folder).exists() and workspace.workspace_files(folder) == {}
 
 
 def _ep(kind, metric, **outcome):
@@ -206,16 +204,16 @@ def test_outcome_summary_pools_kinds_and_counts_failures_as_worst():
                 _ep("binary", "roc_auc"),  # failed
                 _ep("regression", "rmse", rmse=2.0, rmse_pct=10.0),
                 _ep("regression", "rmse")]  # failed
-    s = datatask.outcome_summary(episodes)
+    s = workspace.outcome_summary(episodes)
     assert s["success_rate"] == pytest.approx(3 / 5)
     assert s["accuracy"] == pytest.approx(0.7) and s["accuracy_fair"] == pytest.approx(1.4 / 3)
     assert s["f1"] == pytest.approx(0.55) and s["f1_fair"] == pytest.approx(1.1 / 3)
     assert s["roc_auc"] == pytest.approx(0.9) and s["roc_auc_fair"] == pytest.approx(0.7)  # (0.9 + 0.5) / 2
     assert s["rmse_pct"] == 10.0 and s["rmse_pct_fair"] == pytest.approx(55.0) and s["rmse"] == 2.0
-    only_reg = datatask.outcome_summary(episodes[3:])
+    only_reg = workspace.outcome_summary(episodes[3:])
     assert set(only_reg) == {"success_rate", "rmse_pct", "rmse_pct_fair", "rmse"}
     ungraded = Episode(episodes[0].task, "", workdir="/nowhere")  # outcome {} counts as a failure
-    assert datatask.outcome_summary([ungraded])["accuracy_fair"] == 0.0
+    assert workspace.outcome_summary([ungraded])["accuracy_fair"] == 0.0
     result = evaluation.summarize(episodes, DATA, k=1, task="data")
     assert result["summary"]["f1_fair"] == s["f1_fair"] and result["summary"]["avg@1"] == pytest.approx(0.6)
     assert result["tasks"][0]["outcomes"][0]["roc_auc"] == 0.9

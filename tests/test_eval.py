@@ -12,8 +12,8 @@ from agents import MATH
 from config import UserError
 from rollout import Action, Episode
 from runlog import episode_record
-from grader import is_equiv
-from tasks import Problem, load_problems
+from tasks.grader import is_equiv
+from tasks.problems import Problem, load_problems
 from tests.conftest import ROOT
 
 

@@ -1,8 +1,8 @@
-"""Tests for grader.py: extract_boxed, normalize_answer, is_equiv and grade -- what must match and
+"""Tests for tasks/grader.py: extract_boxed, normalize_answer, is_equiv and grade -- what must match and
 what must NOT."""
 import pytest
 
-from grader import extract_boxed, grade, is_equiv, normalize_answer
+from tasks.grader import extract_boxed, grade, is_equiv, normalize_answer
 
 MUST_MATCH = [
     ("023", "23"), ("23", "023"), ("007", "7"),

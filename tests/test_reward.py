@@ -6,7 +6,7 @@ from agents import MATH, acting_as
 from reward import (LLMCoach, SCORE_PREFIX, assign_rewards, coach_prompt, parse_score, score_candidates,
                     score_distribution)
 from rollout import Action, Episode, render
-from tasks import Problem
+from tasks.problems import Problem
 
 
 @pytest.mark.parametrize("text, want", [

@@ -6,7 +6,7 @@ import sandbox
 from agents import MATH
 from reward import grade
 from rollout import Episode, render
-from tasks import Problem
+from tasks.problems import Problem
 
 SCRIPT = {
     "solver": ["2 + 3 = 5, so \\boxed{5}"],

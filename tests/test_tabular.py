@@ -1,4 +1,4 @@
-"""Tests for tabular.py and submission.py: grading by hand-computed metrics, fair aggregation, the task generator
+"""Tests for tasks/tabular.py and tasks/submission.py: grading by hand-computed metrics, fair aggregation, the task generator
 (determinism, variety, learnability), the workspace writer and the task-folder loader."""
 import json
 import math
@@ -6,9 +6,9 @@ import math
 import pandas as pd
 import pytest
 
-import submission as sb
-import tabular as tb
-from tabular import DataError, TabularTask
+from tasks import submission as sb
+from tasks import tabular as tb
+from tasks.tabular import DataError, TabularTask
 
 
 def _task(kind, y, ids=None, metric=None, pos_label=None, target="y", id_col="id"):

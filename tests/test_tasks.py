@@ -1,4 +1,4 @@
-"""Tests for tasks.py: the arithmetic generator, the built-in splits, and the JSON/JSONL/Hub
+"""Tests for tasks/problems.py: the arithmetic generator, the built-in splits, and the JSON/JSONL/Hub
 loader with its errors."""
 import json
 import os
@@ -9,9 +9,9 @@ import sys
 import pytest
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
-import tasks  # noqa: E402
-from grader import grade  # noqa: E402
-from tasks import DataError, builtin_problems, load_problems, make_arithmetic  # noqa: E402
+from tasks import problems  # noqa: E402
+from tasks.grader import grade  # noqa: E402
+from tasks.problems import DataError, builtin_problems, load_problems, make_arithmetic  # noqa: E402
 
 # ----------------------------------------------------------------------------- generator
 def _recompute(steps):
@@ -81,7 +81,7 @@ def test_generator_respects_step_bounds():
 # ----------------------------------------------------------------------------- builtin splits
 def test_builtin_splits_are_disjoint_fixed_and_correct():
     train, evals = builtin_problems("train"), builtin_problems("eval")
-    assert len(evals) == tasks.EVAL_SIZE and len(train) == tasks.TRAIN_SIZE
+    assert len(evals) == problems.EVAL_SIZE and len(train) == problems.TRAIN_SIZE
     assert not {p.problem for p in train} & {p.problem for p in evals}
     for p in train + evals:
         _check_generated(p)
@@ -93,9 +93,9 @@ def test_builtin_splits_are_disjoint_fixed_and_correct():
 
 
 def test_builtin_split_same_in_a_fresh_process_with_other_hash_seed():
-    code = ("import sys, hashlib; sys.path.insert(0, '.'); import tasks; "
+    code = ("import sys, hashlib; sys.path.insert(0, '.'); from tasks import problems; "
             "print(hashlib.sha256(repr([(p.id, p.problem, p.answer) for s in ('train', 'eval') "
-            "for p in tasks.builtin_problems(s, 100 if s == 'eval' else 300)]).encode()).hexdigest())")
+            "for p in problems.builtin_problems(s, 100 if s == 'eval' else 300)]).encode()).hexdigest())")
     root = os.path.join(os.path.dirname(__file__), "..")
     digests = {subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True,
                               env={**os.environ, "PYTHONHASHSEED": seed}, check=True).stdout
@@ -105,7 +105,7 @@ def test_builtin_split_same_in_a_fresh_process_with_other_hash_seed():
 
 def test_train_skips_eval_texts_even_when_the_streams_overlap(monkeypatch):
     # same seed for both streams: every eval problem shows up in the train stream and must be skipped
-    monkeypatch.setattr(tasks, "TRAIN_SEED", tasks.EVAL_SEED)
+    monkeypatch.setattr(problems, "TRAIN_SEED", problems.EVAL_SEED)
     train = builtin_problems("train", 50)
     assert len(train) == 50
     assert not {p.problem for p in train} & {p.problem for p in builtin_problems("eval")}
@@ -115,7 +115,7 @@ def test_builtin_rejects_bad_split_and_size():
     with pytest.raises(ValueError, match="train"):
         builtin_problems("test")
     with pytest.raises(ValueError, match="eval"):
-        builtin_problems("eval", tasks.EVAL_SIZE + 1)
+        builtin_problems("eval", problems.EVAL_SIZE + 1)
     with pytest.raises(ValueError, match="limit"):
         load_problems("builtin", limit=0)
 

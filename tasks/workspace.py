@@ -1,7 +1,7 @@
 """The data task's episode plumbing: shared workspaces, what the agents are shown of them, and
 the summary of graded episodes.
 
-tabular.py makes tasks and submission.py grades one; this file is what the loop needs around that
+tasks/tabular.py makes tasks and tasks/submission.py grades one; this file is what the loop needs around that
 (SPEC §2): one workspace folder per episode (train.csv and test.csv, never the answers), its file
 listing with sizes for the agents' prompts and the coach's file trail, and the success rate and
 metric means of a batch of episodes, plain and "fair". Light on purpose: rollout.py imports it,
@@ -15,7 +15,7 @@ import sandbox
 
 def new_workspace(task) -> str:
     """A fresh temporary folder holding the task's train.csv and test.csv; returns its path."""
-    import tabular
+    from tasks import tabular
     folder = tempfile.mkdtemp(prefix="mappa-ws-")
     tabular.write_workspace(task, Path(folder))
     return folder
@@ -75,7 +75,7 @@ def outcome_summary(episodes) -> dict:
                                     a method cannot look good by failing often
     Groups without episodes leave their keys out.
     """
-    import submission
+    from tasks import submission
     outcomes = [(ep.task, ep.outcome or {"success": False}) for ep in episodes]
     out = {"success_rate": (sum(bool(o.get("success")) for _, o in outcomes) / len(outcomes)
                             if outcomes else None)}

@@ -1,14 +1,14 @@
 """The credit-assignment experiment: per-action process rewards vs one outcome reward, on a laptop.
 
-    python credit.py                                 # 3 arms x 3 seeds; writes results/credit/
-    python credit.py --arms process --seeds 1 --steps 10   # a quick look
+    python -m experiments.credit                     # 3 arms x 3 seeds; writes results/credit/
+    python -m experiments.credit --arms process --seeds 1 --steps 10   # a quick look
 
 A team of agents writes one line together, each agent its own part, on a tiny random model. Each
 action's quality is checkable exactly -- the share of its tokens that are of the agent's kind --
 so a deterministic rule scorer stands in for the LLM coach (it has the coach's interface,
 `.score(items) -> scores 0..10`); everything else is the real loop, `train.train`. The episode
 succeeds only if every part is right (quality at least `--right`), so an upstream mistake ruins
-the outcome even when a downstream agent did its part. README.md shows and reads the results.
+the outcome even when a downstream agent did its part. docs/credit.md shows and reads the results.
 
 Three arms (`Config.reward`): process (each action's own rule score / 10), outcome (every action
 gets the episode's 0/1 outcome), mixed (half each). Plotted per arm, mean and spread over seeds:
@@ -26,7 +26,7 @@ import torch
 import tiny
 from agents import Agent
 from config import PRESETS, Config, UserError, build_parser, fail, opt
-from tasks import Problem
+from tasks.problems import Problem
 
 # The team: who acts, in order, and what kind of token its part must be made of.
 TEAM = (
@@ -314,7 +314,7 @@ def main(argv=None) -> None:
     out = Path(exp.out)
     if exp.replot:  # the saved curves and settings; nothing is trained
         if not (out / "metrics.json").is_file():
-            fail(f"--replot needs {out / 'metrics.json'} from an earlier run of credit.py")
+            fail(f"--replot needs {out / 'metrics.json'} from an earlier run of python -m experiments.credit")
         saved = json.loads((out / "metrics.json").read_text())
         exp, results, minutes = Experiment(**saved["experiment"]), saved["results"], saved["minutes"]
         arms = list(results)

@@ -2,7 +2,7 @@
 
 A task is a train table (features + target + id), a test table (features + id) and hidden answers
 (id + target). The agents see train.csv/test.csv in a workspace folder and must leave a
-submission.csv there; submission.py grades it (SPEC.md section 2).
+submission.csv there; tasks/submission.py grades it (SPEC.md section 2).
 
 Sources of tasks:
 - `make_tabular_tasks(n, seed)`: generated, seeded tasks (binary with 0/1 or string labels,
@@ -35,14 +35,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-try:
-    from tasks import DataError
-except ModuleNotFoundError as e:  # only if tasks.py is absent; a circular import must fail loudly
-    if e.name != "tasks":
-        raise
-
-    class DataError(ValueError):
-        """Bad task data (file, field or value); the message says what and where."""
+from tasks.problems import DataError
 
 KINDS = ("binary", "multiclass", "regression")
 METRICS = {"binary": ("accuracy", "f1", "roc_auc"), "multiclass": ("accuracy", "f1"),

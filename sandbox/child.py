@@ -1,10 +1,10 @@
-"""The sandbox side of sandbox.py: everything that runs in the processes it starts.
+"""The sandbox side of the sandbox package: everything that runs in the processes it starts.
 
-sandbox.py (its docstring explains the isolation layers) starts this file *by absolute path*,
-`python /path/to/sandbox_child.py CONFIG_JSON`, with cwd = the workdir: it never depends on the
+sandbox/__init__.py (its docstring explains the isolation layers) starts this file *by absolute
+path*, `python /path/to/sandbox/child.py CONFIG_JSON`, with cwd = the workdir: it never depends on the
 trainer's cwd or sys.path, and the shim's sys.path[0] is this file's folder, not the workdir, so
 files an earlier action left there (a `json.py`...) cannot replace modules the shim imports.
-Standard library only; it never imports sandbox.py.
+Standard library only; it never imports the sandbox package.
 
 - shim (`_shim_main`): reads the length-prefixed code from stdin, unshare(2)s the namespaces,
   forks init, then watches the lifeline (stdin) and SIGKILLs init when it is cut.

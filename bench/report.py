@@ -1,4 +1,4 @@
-"""The table bench.py prints: rows, targets with PASS/FAIL, and the header saying where it ran."""
+"""The table `python -m bench` prints: rows, targets with PASS/FAIL, and the header saying where it ran."""
 import os
 from datetime import datetime
 
@@ -115,7 +115,7 @@ def header(args, ctx_params: int | None) -> str:
         cpu = next((ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo") if ln.startswith("model name")), "?")
         where = f"{cpu}, {os.cpu_count()} cores, torch threads {torch.get_num_threads()}"
     size = f"{ctx_params / 1e6:.2f}M params" if ctx_params else "?"
-    return (f"bench.py {datetime.now():%Y-%m-%d %H:%M}  device {args.device} ({where})  load avg "
+    return (f"python -m bench {datetime.now():%Y-%m-%d %H:%M}  device {args.device} ({where})  load avg "
             f"{os.getloadavg()[0]:.1f}\nmodel {args.model} ({size}, {'4-bit' if args.four_bit else 'full precision'}), "
             f"batch {args.batch} episodes, <= {args.max_new_tokens} new tokens per action, median [min-max] of "
             f"{args.reps} reps after 1 warm-up\ntorch {torch.__version__}, transformers {transformers.__version__}, "

@@ -1,7 +1,7 @@
 """The math task's problems: a built-in generator of arithmetic word problems with a fixed
 train/eval split, and loaders for JSON/JSONL files (the AIME/AMC layout) and Hub datasets.
 
-Answers are graded in grader.py.
+Answers are graded in tasks/grader.py.
 """
 from __future__ import annotations
 

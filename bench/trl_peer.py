@@ -1,6 +1,6 @@
-"""The peer for bench.py's row 3: one TRL GRPOTrainer step with a LoRA config, on our model.
+"""The peer for the benchmark's row 3: one TRL GRPOTrainer step with a LoRA config, on our model.
 
-TRL is a benchmark-only dependency (`pip install trl==1.16.0`, see README "Speed"); it is imported
+TRL is a benchmark-only dependency (`pip install trl==1.16.0`, see docs/speed.md); it is imported
 here, lazily, and nowhere else. Settings are matched to the MAPPA step as closely as TRL allows:
 the same base model object type and precision, the same LoRA (rank, alpha, all-linear, no
 dropout), the same prompts (the solver's system + user turn), the same completions per generate
@@ -19,7 +19,7 @@ def grpo_step_runs(model_name: str, device: str, load_in_4bit: bool, prompts: li
                    lora_alpha: int, gradient_checkpointing: bool, steps: int, between=None,
                    out_dir: str) -> list[dict]:
     """Run `steps` GRPO steps; return one {"seconds", "tokens"} per step (tokens: completion tokens
-    generated in that step). `between()` is called after each step, outside its timing: bench.py
+    generated in that step). `between()` is called after each step, outside its timing: bench/rows.py
     runs its MAPPA step there, so the two alternate and share whatever load the machine has.
 
     One step = one generate call over len(prompts) * num_generations completions (one prompt

@@ -1,4 +1,4 @@
-"""Model sizes for bench.py: throughput and peak memory of one shared base + 3 adapters.
+"""Model sizes for the benchmark (rows 4-5): throughput and peak memory of one shared base + 3 adapters.
 
 The tiny presets load through agents.load_base (the path real models take). The realistic sizes
 are Qwen2.5-1.5B and Qwen2.5-7B shapes built with `from_config` (random weights: there is no
@@ -7,7 +7,7 @@ download. Random weights change nothing about speed or memory: generation is for
 length (min_new_tokens), so the work per repetition is fixed.
 
 Each size, and each configuration of the memory row, runs in its own child process
-(bench.py --child size:<name> | memory:<adapters>[:nocoach]), so its peak memory is its own.
+(python -m bench --child size:<name> | memory:<adapters>[:nocoach]), so its peak memory is its own.
 """
 import gc
 import json
@@ -18,8 +18,9 @@ import time
 
 import torch
 
-import bench_measure
+from bench import measure, rows
 
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # the repository
 GPU_SIZES = ("1.5b", "7b")  # measured only where CUDA is present
 
 # Shapes of the public Qwen2.5 configs (config.json of Qwen/Qwen2.5-1.5B-Instruct and -7B-Instruct).
@@ -117,7 +118,7 @@ def measure_size(size: str, device: str, *, batch: int, prompt_tokens: int, new_
     from config import Config
     from train import update_agent
 
-    baseline = bench_measure.peak_memory_mb(device)
+    baseline = measure.peak_memory_mb(device)
     t0 = time.perf_counter()
     if size in tiny.SIZES:
         _, base = load_base(size, load_in_4bit, device)
@@ -134,7 +135,7 @@ def measure_size(size: str, device: str, *, batch: int, prompt_tokens: int, new_
     prompts = torch.randint(0, vocab, (batch, prompt_tokens), generator=torch.Generator().manual_seed(0))
     prompts = prompts.to(model.device)
     actions = synthetic_actions(batch, prompt_tokens, new_tokens, vocab)
-    bench_measure.reset_peak(device)
+    measure.reset_peak(device)
 
     def gen(rows, n):  # n of the prompts, `rows` at a time; the rate is per token either way
         def fn():
@@ -148,12 +149,12 @@ def measure_size(size: str, device: str, *, batch: int, prompt_tokens: int, new_
         update_agent(model, "solver", actions, optimizers["solver"], cfg)
         return {}
 
-    runs = bench_measure.repeat({"gen": gen(batch, batch), "update": update}, reps, device=device)
+    runs = measure.repeat({"gen": gen(batch, batch), "update": update}, reps, device=device)
     out = {"size": size, "params_m": round(params / 1e6, 1), "device": device, "4bit": load_in_4bit,
            "batch": batch, "prompt_tokens": prompt_tokens, "new_tokens": new_tokens, "load_s": round(load_s, 1),
-           "gen_tok_s": bench_measure.spread(bench_measure.rates(runs["gen"], "tokens")),
-           "update_s": bench_measure.spread(bench_measure.seconds(runs["update"])), "baseline_mb": round(baseline),
-           "peak_mb": round(bench_measure.peak_memory_mb(device))}
+           "gen_tok_s": measure.spread(measure.rates(runs["gen"], "tokens")),
+           "update_s": measure.spread(measure.seconds(runs["update"])), "baseline_mb": round(baseline),
+           "peak_mb": round(measure.peak_memory_mb(device))}
     if device.startswith("cuda"):  # what the caching allocator held: what a card must have free
         out["reserved_mb"] = round(torch.cuda.max_memory_reserved() / 2**20)
     # The two speed ratios of the targets at this size (peak memory is already taken above):
@@ -163,13 +164,13 @@ def measure_size(size: str, device: str, *, batch: int, prompt_tokens: int, new_
         def logit():
             model(input_ids=prompts, logits_to_keep=2)
             return {}
-        ratios = bench_measure.repeat({"gen1": gen(1, min(batch, 2)), "logit": logit,
+        ratios = measure.repeat({"gen1": gen(1, min(batch, 2)), "logit": logit,
                                "rationale": lambda: {"tokens": fixed_length_generate(model, prompts, coach_tokens)}},
                               reps, device=device)
-    one = bench_measure.spread(bench_measure.rates(ratios["gen1"], "tokens"))
+    one = measure.spread(measure.rates(ratios["gen1"], "tokens"))
     out.update(gen1_tok_s=one, batch_speedup=out["gen_tok_s"]["median"] / one["median"], coach_tokens=coach_tokens,
-               logit_s=bench_measure.spread(bench_measure.seconds(ratios["logit"])),
-               rationale_s=bench_measure.spread(bench_measure.seconds(ratios["rationale"])))
+               logit_s=measure.spread(measure.seconds(ratios["logit"])),
+               rationale_s=measure.spread(measure.seconds(ratios["rationale"])))
     out["coach_ratio"] = out["rationale_s"]["median"] / out["logit_s"]["median"]
     return out
 
@@ -179,33 +180,32 @@ def memory_child(args, adapters: int, with_coach: bool) -> dict:
     and the logit coach (or none: outcome reward), or with ONE adapter that every agent acts and
     learns through and no coach. The work is otherwise the same, so the differences are the
     adapters and the coach pass."""
-    import bench  # the MAPPA pieces the step is made of
     import rollout
     import train
     from agents import MATH, acting_as
-    baseline = bench_measure.peak_memory_mb(args.device)
-    ctx = bench.make_ctx(args, MATH if adapters == 3 else MATH[:1])
+    baseline = measure.peak_memory_mb(args.device)
+    ctx = rows.make_ctx(args, MATH if adapters == 3 else MATH[:1])
     if adapters == 1:
         shared = MATH[0].name
         one = lambda model, name: acting_as(model, shared if name else None)  # noqa: E731
         rollout.acting_as = train.acting_as = one
         ctx.agents, ctx.optimizers = MATH, {a.name: ctx.optimizers[shared] for a in MATH}
-    c = bench.coach(ctx, "logit") if with_coach else None
-    bench_measure.reset_peak(args.device)
+    c = rows.coach(ctx, "logit") if with_coach else None
+    measure.reset_peak(args.device)
     for _ in range(2):  # the second step runs with the optimiser state allocated
-        run = bench.mappa_step(ctx, args, c)
-    return {"baseline_mb": baseline, "peak_mb": bench_measure.peak_memory_mb(args.device), "tokens": run["tokens"]}
+        run = rows.mappa_step(ctx, args, c)
+    return {"baseline_mb": baseline, "peak_mb": measure.peak_memory_mb(args.device), "tokens": run["tokens"]}
 
 
 def child(args, spec: str) -> dict:
-    """Run `bench.py --child spec` in a fresh process with the same settings; its JSON result."""
-    script = os.path.join(os.path.dirname(os.path.abspath(__file__)), "bench.py")
-    cmd = [sys.executable, script, "--child", spec, "--device", args.device, "--model", args.model, "--reps", str(args.reps), "--batch", str(args.batch),
+    """Run `python -m bench --child spec` in a fresh process with the same settings; its JSON result."""
+    cmd = [sys.executable, "-m", "bench", "--child", spec, "--device", args.device, "--model", args.model, "--reps", str(args.reps), "--batch", str(args.batch),
            "--max-new-tokens", str(args.max_new_tokens), "--threads", str(args.threads),
            "--prompt-tokens", str(args.prompt_tokens), "--new-tokens", str(args.new_tokens),
            "--coach-tokens", str(args.coach_tokens),
            "--4bit" if args.four_bit else "--no-4bit"]
-    env = dict(os.environ)
+    env = dict(os.environ)  # the repository on the path: `-m bench` works from any cwd (--model ./folder)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [ROOT, env.get("PYTHONPATH")]))
     if spec.startswith("memory"):
         # Large allocations straight from mmap, so freed tensors go back to the OS and peak RSS
         # tracks live memory; glibc's default heap keeps freed memory and adds 50-100 MiB of
@@ -231,7 +231,7 @@ def size_rows(args) -> list[dict]:
 
 
 def run_child(args) -> dict:
-    """What `bench.py --child size:<name> | memory:<adapters>[:nocoach]` measures, in this process."""
+    """What `python -m bench --child size:<name> | memory:<adapters>[:nocoach]` measures, in this process."""
     kind, _, what = args.child.partition(":")
     if kind == "memory":  # memory:<adapters>[:nocoach]
         adapters, _, rest = what.partition(":")

@@ -3,7 +3,7 @@
 `score_submission` matches the agents' submission.csv to the hidden answers by id and computes
 accuracy, F1, ROC AUC (from probabilities only) or RMSE and RMSE as % of the target's range.
 `fair_aggregate` averages over episodes with failures counted as the worst value, so a method
-cannot look good by failing often. The math task's counterpart is grader.py.
+cannot look good by failing often. The math task's counterpart is tasks/grader.py.
 """
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 from sklearn.metrics import f1_score, roc_auc_score
 
-from tabular import KINDS, DataError, TabularTask, canon
+from tasks.tabular import KINDS, DataError, TabularTask, canon
 
 # Worst values used by fair_aggregate for a failed episode (see its docstring for why).
 WORST = {"accuracy": 0.0, "f1": 0.0, "roc_auc": 0.5, "rmse_pct": 100.0}

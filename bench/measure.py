@@ -1,4 +1,4 @@
-"""Measuring for bench.py: interleaved repetitions, their median and range, and peak memory.
+"""Measuring for the benchmark: interleaved repetitions, their median and range, and peak memory.
 
 The two sides of a comparison run interleaved (A, B, A, B, ...) after a warm-up, so load on a
 shared machine hits both alike; a result is the median and [min-max] of the repetitions.

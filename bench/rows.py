@@ -1,35 +1,14 @@
-"""How fast is MAPPA on one machine, next to what a user would pick instead? Prints one table.
-
-    pip install trl==1.16.0 && python bench.py          # CPU, a few minutes (TRL: row 3 only)
-    python bench.py --quick                              # smoke run
-    python bench.py --device cuda                        # adds the 1.5B / 7B-class 4-bit rows
-
-Rows: (1) rollout, generation batched across episodes vs one episode at a time; (2) the coach,
-logit vs generate mode, and its share of a step; (3) a MAPPA step (3 agents + coach + 3 updates)
-vs a TRL GRPOTrainer step (1 agent, LoRA), per 1,000 generated tokens; (4) peak memory, 1 adapter
-vs 3 adapters + coach; (5) model sizes; (6) the code sandbox, sequential vs parallel.
-
-How it measures: the two sides of a comparison run in the same process on the same model and
-settings, interleaved (A, B, A, B, ...) so load on a shared machine hits both alike, after one
-warm-up; we report the median and [min-max] of the repetitions. Every repetition is re-seeded
-and starts from the same adapter weights and optimiser state, so it does the same work. Peak
-memory is measured in a fresh child process per configuration (peak RSS never goes down).
-"""
-import argparse
+"""Rows 1-3 and 6 of the benchmark, and the MAPPA pieces a step is made of (bench/__init__.py
+says what each row measures and how)."""
 import copy
-import json
 import os
 import statistics
-import sys
 import time
 from types import SimpleNamespace
 
 import torch
 
-import bench_report
-import bench_sizes
-from bench_measure import rates, repeat, seconds, spread
-from bench_sizes import GPU_SIZES
+from bench.measure import rates, repeat, seconds, spread
 
 TRL_PIN = "trl==1.16.0"
 
@@ -68,8 +47,8 @@ def restore(ctx) -> None:
 
 def episodes(args) -> list:
     """args.batch episodes: batch/2 built-in problems x 2 samples, as the tiny preset draws them."""
-    from tasks import builtin_problems
-    from train import new_episodes
+    from rollout import new_episodes
+    from tasks.problems import builtin_problems
     return new_episodes(builtin_problems("train", max(1, args.batch // 2)), 2)[:args.batch]
 
 
@@ -199,7 +178,7 @@ def bench_steps(ctx, args) -> dict:
     so every action is unscored and the update does nothing (SPEC §3); its share of a step is
     derived instead from row 2's forced-rationale cost (see step_share)."""
     from agents import agent_input
-    from tasks import builtin_problems
+    from tasks.problems import builtin_problems
 
     c = coach(ctx, "logit")
     mappa, state = [], {"i": 0}
@@ -216,8 +195,8 @@ def bench_steps(ctx, args) -> dict:
                for p in builtin_problems("train", max(1, args.batch // 2))]
     trl_runs, trl_error = None, None
     try:
-        import bench_trl
-        trl_runs = bench_trl.grpo_step_runs(
+        from bench import trl_peer
+        trl_runs = trl_peer.grpo_step_runs(
             args.model, args.device, args.four_bit, prompts, num_generations=2,
             max_completion_length=ctx.cfg.max_new_tokens, lr=ctx.cfg.lr, beta=ctx.cfg.beta,
             lora_r=ctx.cfg.lora_r, lora_alpha=ctx.cfg.lora_alpha,
@@ -249,105 +228,34 @@ def step_share(steps: dict, coach_row: dict) -> float:
 
 
 def bench_sandbox_row(args) -> dict:
-    """Row 6: issue 4's sandbox benchmark, called defensively (sandbox.py is owned elsewhere)."""
+    """Row 6: the code sandbox, sequential vs parallel (bench_sandbox)."""
     n, k, t = (8, 2, 1.0) if args.quick else (32, 4, 2.0)
     try:
-        import sandbox
-        return sandbox.bench_sandbox(n=n, n_timeouts=k, timeout_s=t)
-    except Exception as e:  # absent or changed API: say so in the table rather than fail the bench
-        return {"error": f"not measured: sandbox.bench_sandbox failed ({type(e).__name__}: {e})"[:200]}
+        return bench_sandbox(n=n, n_timeouts=k, timeout_s=t)
+    except Exception as e:  # a sandbox that fails here: say so in the table rather than lose the other rows
+        return {"error": f"not measured: bench_sandbox failed ({type(e).__name__}: {e})"[:200]}
 
 
-# ---------------------------------------------------------------------------- the command
-
-class UsageError(argparse.ArgumentParser):
-    def error(self, message):  # one line, exit 2 (house style)
-        print(f"error: {message} (see --help)", file=sys.stderr)
-        sys.exit(2)
-
-
-def parse(argv=None) -> argparse.Namespace:
-    p = UsageError(description="Benchmark MAPPA (rollout, coach, step vs TRL GRPO, memory, sizes, sandbox).")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
-    p.add_argument("--model", default="tiny", help="model of rows 1-4: tiny, tiny-50m, a Hub name or folder")
-    p.add_argument("--sizes", default="", help="row 5, comma-separated: tiny, tiny-50m, 1.5b, 7b "
-                   "(default: all; --quick: tiny)")
-    p.add_argument("--reps", type=int, default=0, help="repetitions after the warm-up (default 5; --quick 2)")
-    p.add_argument("--quick", action="store_true", help="a smoke run: 2 reps, tiny only, small sandbox row")
-    p.add_argument("--batch", type=int, default=8, help="episodes per rollout batch")
-    p.add_argument("--max-new-tokens", type=int, default=48, help="cap on each action's length (tiny preset)")
-    p.add_argument("--coach-tokens", type=int, default=128, help="row 2: rationale length of the forced generate coach")
-    p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
-    p.add_argument("--prompt-tokens", type=int, default=0, help="row 5 prompt length (default: 128 CPU, 512 GPU)")
-    p.add_argument("--new-tokens", type=int, default=0, help="row 5 generated length (default: 64 CPU, 512 GPU)")
-    p.add_argument("--4bit", dest="four_bit", action=argparse.BooleanOptionalAction, default=None,
-                   help="4-bit NF4 base (default: on with CUDA)")
-    p.add_argument("--only", default="", help="rows to run, comma-separated: rollout,coach,step,memory,sizes,sandbox")
-    p.add_argument("--json", default="", help="also write every number to this file")
-    p.add_argument("--child", default="", help=argparse.SUPPRESS)
-    args = p.parse_args(argv)
-    if args.device == "auto":
-        args.device = "cuda" if torch.cuda.is_available() else "cpu"
-    if args.device.startswith("cuda") and not torch.cuda.is_available():
-        p.error(f"--device {args.device} but CUDA is not available")
-    if args.four_bit is None:
-        args.four_bit = args.device.startswith("cuda")
-    args.reps = args.reps or (2 if args.quick else 5)
-    import tiny
-    known = set(tiny.SIZES) | set(GPU_SIZES)
-    args.sizes = [s for s in (args.sizes or ("tiny" if args.quick else ",".join([*tiny.SIZES, *GPU_SIZES]))).split(",") if s]
-    rows = {"rollout", "coach", "step", "memory", "sizes", "sandbox"}
-    args.only = set(args.only.split(",")) if args.only else rows
-    for bad, what in ((set(args.sizes) - known, "--sizes"), (args.only - rows, "--only")):
-        if bad:
-            p.error(f"{what}: unknown {', '.join(sorted(bad))}")
-    if min(args.reps, args.batch, args.max_new_tokens) < 1 or args.threads < 0:
-        p.error("--reps, --batch and --max-new-tokens must be >= 1, --threads >= 0")
-    return args
-
-
-def main(argv=None) -> None:
-    import tempfile
-    args = parse(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    if args.child:
-        print("BENCH_CHILD " + json.dumps(bench_sizes.run_child(args)), flush=True)
-        return
-    results, params, t0 = {}, None, time.perf_counter()
-    with tempfile.TemporaryDirectory(prefix="mappa-bench-") as tmp:
-        args.tmp = tmp
-        if args.only & {"rollout", "coach", "step"}:
-            ctx = make_ctx(args)
-            params = ctx.base_params
-            for name, fn in (("rollout", bench_rollout), ("coach", bench_coach), ("step", bench_steps)):
-                if name in args.only:
-                    print(f"[bench] {name} ...", file=sys.stderr, flush=True)
-                    results[name] = fn(ctx, args)
-            if "coach" in results and "step" in results:
-                results["step"]["generate_share"] = step_share(results["step"], results["coach"])
-            del ctx
-        if "memory" in args.only:
-            print("[bench] memory ...", file=sys.stderr, flush=True)
-            results["memory"] = {k: bench_sizes.child(args, f"memory:{k}") for k in ("1", "3", "3:nocoach")}
-        if "sizes" in args.only:
-            print("[bench] sizes ...", file=sys.stderr, flush=True)
-            results["sizes"] = bench_sizes.size_rows(args)
-        if "sandbox" in args.only:
-            print("[bench] sandbox ...", file=sys.stderr, flush=True)
-            results["sandbox"] = bench_sandbox_row(args)
-    rows = bench_report.table(results, args)
-    print(bench_report.header(args, params))
-    print(bench_report.markdown(rows))
-    for row in rows:
-        if row[4]:
-            print(f"target {row[0][2:]}: {row[3]} (want {row[4]}) -> {row[5]}")
-    print(f"total {time.perf_counter() - t0:.0f} s, load avg at the end {os.getloadavg()[0]:.1f}")
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump({"args": {k: v if not isinstance(v, set) else sorted(v) for k, v in vars(args).items()},
-                       "results": results, "table": rows}, f, indent=1, default=str)
-
-
-if __name__ == "__main__":
-    main()
+def bench_sandbox(n: int = 32, n_timeouts: int = 4, timeout_s: float = 2.0) -> dict:
+    """Wall time of n actions (n_timeouts of them loop forever), run sequentially, with
+    run_many's default workers, and with one worker per core."""
+    import sandbox
+    from sandbox import Limits, run_code, run_many
+    lim, cores = Limits(timeout_s=timeout_s), os.cpu_count() or 1
+    codes = ["while True: pass"] * n_timeouts + ["print(sum(range(10**5)))"] * (n - n_timeouts)
+    with sandbox.workspace() as wd:
+        feats = sandbox.sandbox_features()
+        t0 = time.monotonic()
+        seq = [run_code(c, wd, lim) for c in codes]
+        t1 = time.monotonic()
+        par = run_many([(c, wd) for c in codes], lim)
+        t2 = time.monotonic()
+        per_core = run_many([(c, wd) for c in codes], lim, max_workers=cores)
+        t3 = time.monotonic()
+    if not [r.status for r in seq] == [r.status for r in par] == [r.status for r in per_core]:
+        raise RuntimeError("bench_sandbox: sequential and parallel runs disagree")
+    quick = [r.seconds for r in seq if r.status == "ok"]
+    return {"n": n, "n_timeouts": n_timeouts, "timeout_s": timeout_s, "mode": feats["mode"], "cores": cores,
+            "workers": sandbox.default_workers(n), "sequential_s": round(t1 - t0, 2), "parallel_s": round(t2 - t1, 2),
+            "speedup": round((t1 - t0) / max(t2 - t1, 1e-9), 2), "parallel_cores_s": round(t3 - t2, 2),
+            "quick_action_ms": round(1000 * sum(quick) / max(1, len(quick)), 1)}

@@ -27,10 +27,10 @@ Isolation layers, outermost first, and why each exists:
 
 Without namespaces (`sandbox_features()["mode"] == "plain"`) the fallback is rlimits, a killed
 process group and a /proc scan killing every process carrying this run's environment marker.
-SANDBOX.md lists what is and is not isolated in each mode.
+docs/sandbox.md lists what is and is not isolated in each mode.
 
 Files: this one is the trainer side (public API, starting the shim, reading its output,
-classifying the result); sandbox_child.py is everything that runs on the other side of the
+classifying the result); child.py beside it is everything that runs on the other side of the
 process boundary (shim, init, action: unshare, mounts, rlimits).
 """
 from __future__ import annotations
@@ -57,7 +57,7 @@ THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NU
                "VECLIB_MAXIMUM_THREADS", "RAYON_NUM_THREADS")
 _MEMORY_RE = re.compile(r"MemoryError|Unable to allocate|bad_alloc|Cannot allocate memory|out of memory")
 # by absolute path, fixed at import: the trainer's cwd may be anywhere and may change later
-_CHILD = os.path.join(os.path.dirname(os.path.abspath(__file__)), "sandbox_child.py")
+_CHILD = os.path.join(os.path.dirname(os.path.abspath(__file__)), "child.py")
 _MODE_OVERRIDE: str | None = None  # tests set "plain" to exercise the fallback on any machine
 
 
@@ -144,7 +144,7 @@ def remove_folder(path: str | os.PathLike) -> None:
         shutil.rmtree(path, ignore_errors=True)
 
 
-# ------------------------------------------------- running actions (the other side: sandbox_child.py)
+# ------------------------------------------------- running actions (the other side: child.py)
 _FEATURES: dict | None = None
 _FEATURES_LOCK = threading.Lock()
 
@@ -180,42 +180,19 @@ def run_code(code: str, workdir: str | os.PathLike, limits: Limits = Limits()) -
 def run_many(jobs: list[tuple[str, str | os.PathLike]], limits: Limits = Limits(),
              max_workers: int | None = None) -> list[ExecResult]:
     """run_code over (code, workdir) jobs in parallel threads, results in job order; by default
-    _default_workers(len(jobs)) at once. Naive loop: [run_code(c, wd, limits) for c, wd in jobs]."""
+    default_workers(len(jobs)) at once. Naive loop: [run_code(c, wd, limits) for c, wd in jobs]."""
     from concurrent.futures import ThreadPoolExecutor
     if not jobs:
         return []
     sandbox_features()
-    with ThreadPoolExecutor(max_workers=max_workers or _default_workers(len(jobs))) as pool:
+    with ThreadPoolExecutor(max_workers=max_workers or default_workers(len(jobs))) as pool:
         return list(pool.map(lambda job: run_code(job[0], job[1], limits), jobs))
 
 
-def _default_workers(n_jobs: int) -> int:
+def default_workers(n_jobs: int) -> int:
     """4 x cores, at most n_jobs: an action spends most of its wall time starting Python or
     waiting (a timed-out one is usually sleeping or blocked), so cores alone leave CPU idle."""
     return max(1, min(n_jobs, 4 * (os.cpu_count() or 1)))
-
-
-def bench_sandbox(n: int = 32, n_timeouts: int = 4, timeout_s: float = 2.0) -> dict:
-    """Wall time of n actions (n_timeouts of them loop forever), run sequentially, with
-    run_many's default workers, and with one worker per core."""
-    lim, cores = Limits(timeout_s=timeout_s), os.cpu_count() or 1
-    codes = ["while True: pass"] * n_timeouts + ["print(sum(range(10**5)))"] * (n - n_timeouts)
-    with workspace() as wd:
-        feats = sandbox_features()
-        t0 = time.monotonic()
-        seq = [run_code(c, wd, lim) for c in codes]
-        t1 = time.monotonic()
-        par = run_many([(c, wd) for c in codes], lim)
-        t2 = time.monotonic()
-        per_core = run_many([(c, wd) for c in codes], lim, max_workers=cores)
-        t3 = time.monotonic()
-    if not [r.status for r in seq] == [r.status for r in par] == [r.status for r in per_core]:
-        raise RuntimeError("bench_sandbox: sequential and parallel runs disagree")
-    quick = [r.seconds for r in seq if r.status == "ok"]
-    return {"n": n, "n_timeouts": n_timeouts, "timeout_s": timeout_s, "mode": feats["mode"], "cores": cores,
-            "workers": _default_workers(n), "sequential_s": round(t1 - t0, 2), "parallel_s": round(t2 - t1, 2),
-            "speedup": round((t1 - t0) / max(t2 - t1, 1e-9), 2), "parallel_cores_s": round(t3 - t2, 2),
-            "quick_action_ms": round(1000 * sum(quick) / max(1, len(quick)), 1)}
 
 
 def _run(ns: list[str], code: str, wd: Path, limits: Limits) -> tuple[ExecResult, dict]:

@@ -1,0 +1,104 @@
+"""`python -m bench`: the benchmark's command line; bench/__init__.py says what it measures."""
+import argparse
+import json
+import os
+import sys
+import time
+
+import torch
+
+from bench import report, rows, sizes
+from bench.sizes import GPU_SIZES
+
+
+class UsageError(argparse.ArgumentParser):
+    def error(self, message):  # one line, exit 2 (house style)
+        print(f"error: {message} (see --help)", file=sys.stderr)
+        sys.exit(2)
+
+
+def parse(argv=None) -> argparse.Namespace:
+    p = UsageError(description="Benchmark MAPPA (rollout, coach, step vs TRL GRPO, memory, sizes, sandbox).")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    p.add_argument("--model", default="tiny", help="model of rows 1-4: tiny, tiny-50m, a Hub name or folder")
+    p.add_argument("--sizes", default="", help="row 5, comma-separated: tiny, tiny-50m, 1.5b, 7b "
+                   "(default: all; --quick: tiny)")
+    p.add_argument("--reps", type=int, default=0, help="repetitions after the warm-up (default 5; --quick 2)")
+    p.add_argument("--quick", action="store_true", help="a smoke run: 2 reps, tiny only, small sandbox row")
+    p.add_argument("--batch", type=int, default=8, help="episodes per rollout batch")
+    p.add_argument("--max-new-tokens", type=int, default=48, help="cap on each action's length (tiny preset)")
+    p.add_argument("--coach-tokens", type=int, default=128, help="row 2: rationale length of the forced generate coach")
+    p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    p.add_argument("--prompt-tokens", type=int, default=0, help="row 5 prompt length (default: 128 CPU, 512 GPU)")
+    p.add_argument("--new-tokens", type=int, default=0, help="row 5 generated length (default: 64 CPU, 512 GPU)")
+    p.add_argument("--4bit", dest="four_bit", action=argparse.BooleanOptionalAction, default=None,
+                   help="4-bit NF4 base (default: on with CUDA)")
+    p.add_argument("--only", default="", help="rows to run, comma-separated: rollout,coach,step,memory,sizes,sandbox")
+    p.add_argument("--json", default="", help="also write every number to this file")
+    p.add_argument("--child", default="", help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    if args.device == "auto":
+        args.device = "cuda" if torch.cuda.is_available() else "cpu"
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        p.error(f"--device {args.device} but CUDA is not available")
+    if args.four_bit is None:
+        args.four_bit = args.device.startswith("cuda")
+    args.reps = args.reps or (2 if args.quick else 5)
+    import tiny
+    known = set(tiny.SIZES) | set(GPU_SIZES)
+    args.sizes = [s for s in (args.sizes or ("tiny" if args.quick else ",".join([*tiny.SIZES, *GPU_SIZES]))).split(",") if s]
+    names = {"rollout", "coach", "step", "memory", "sizes", "sandbox"}
+    args.only = set(args.only.split(",")) if args.only else names
+    for bad, what in ((set(args.sizes) - known, "--sizes"), (args.only - names, "--only")):
+        if bad:
+            p.error(f"{what}: unknown {', '.join(sorted(bad))}")
+    if min(args.reps, args.batch, args.max_new_tokens) < 1 or args.threads < 0:
+        p.error("--reps, --batch and --max-new-tokens must be >= 1, --threads >= 0")
+    return args
+
+
+def main(argv=None) -> None:
+    import tempfile
+    args = parse(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.child:
+        print("BENCH_CHILD " + json.dumps(sizes.run_child(args)), flush=True)
+        return
+    results, params, t0 = {}, None, time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="mappa-bench-") as tmp:
+        args.tmp = tmp
+        if args.only & {"rollout", "coach", "step"}:
+            ctx = rows.make_ctx(args)
+            params = ctx.base_params
+            for name, fn in (("rollout", rows.bench_rollout), ("coach", rows.bench_coach), ("step", rows.bench_steps)):
+                if name in args.only:
+                    print(f"[bench] {name} ...", file=sys.stderr, flush=True)
+                    results[name] = fn(ctx, args)
+            if "coach" in results and "step" in results:
+                results["step"]["generate_share"] = rows.step_share(results["step"], results["coach"])
+            del ctx
+        if "memory" in args.only:
+            print("[bench] memory ...", file=sys.stderr, flush=True)
+            results["memory"] = {k: sizes.child(args, f"memory:{k}") for k in ("1", "3", "3:nocoach")}
+        if "sizes" in args.only:
+            print("[bench] sizes ...", file=sys.stderr, flush=True)
+            results["sizes"] = sizes.size_rows(args)
+        if "sandbox" in args.only:
+            print("[bench] sandbox ...", file=sys.stderr, flush=True)
+            results["sandbox"] = rows.bench_sandbox_row(args)
+    table = report.table(results, args)
+    print(report.header(args, params))
+    print(report.markdown(table))
+    for row in table:
+        if row[4]:
+            print(f"target {row[0][2:]}: {row[3]} (want {row[4]}) -> {row[5]}")
+    print(f"total {time.perf_counter() - t0:.0f} s, load avg at the end {os.getloadavg()[0]:.1f}")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"args": {k: v if not isinstance(v, set) else sorted(v) for k, v in vars(args).items()},
+                       "results": results, "table": table}, f, indent=1, default=str)
+
+
+if __name__ == "__main__":
+    main()
