@@ -240,17 +240,16 @@ def bench_sandbox(n: int = 32, n_timeouts: int = 4, timeout_s: float = 2.0) -> d
     """Wall time of n actions (n_timeouts of them loop forever), run sequentially, with
     run_many's default workers, and with one worker per core."""
     import sandbox
-    from sandbox import Limits, run_code, run_many
-    lim, cores = Limits(timeout_s=timeout_s), os.cpu_count() or 1
+    lim, cores = sandbox.Limits(timeout_s=timeout_s), os.cpu_count() or 1
     codes = ["while True: pass"] * n_timeouts + ["print(sum(range(10**5)))"] * (n - n_timeouts)
     with sandbox.workspace() as wd:
         feats = sandbox.sandbox_features()
         t0 = time.monotonic()
-        seq = [run_code(c, wd, lim) for c in codes]
+        seq = [sandbox.run_code(c, wd, lim) for c in codes]
         t1 = time.monotonic()
-        par = run_many([(c, wd) for c in codes], lim)
+        par = sandbox.run_many([(c, wd) for c in codes], lim)
         t2 = time.monotonic()
-        per_core = run_many([(c, wd) for c in codes], lim, max_workers=cores)
+        per_core = sandbox.run_many([(c, wd) for c in codes], lim, max_workers=cores)
         t3 = time.monotonic()
     if not [r.status for r in seq] == [r.status for r in par] == [r.status for r in per_core]:
         raise RuntimeError("bench_sandbox: sequential and parallel runs disagree")

@@ -10,9 +10,8 @@ from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-import sandbox  # noqa: E402
-from sandbox import Limits, workspace  # noqa: E402
+import sandbox
+from sandbox import Limits, workspace
 
 PREFIX = f"mappa-test-{os.getpid()}-"
 FAST = Limits(timeout_s=1.5)
