@@ -118,8 +118,11 @@ class _Missing(dict):
 
 
 def resolve_model(name: str) -> str:
-    """Map "tiny"/"tiny-50m" to a locally built folder; Hub names and folders pass through."""
+    """Map "tiny"/"tiny-50m" to a locally built folder and "laptop" to the shipped pretrained one;
+    Hub names and folders pass through."""
     import tiny
+    if name == "laptop":
+        return str(tiny.laptop_model())
     return str(tiny.ensure_tiny_model(name)) if name in tiny.SIZES else name
 
 

@@ -64,8 +64,9 @@ class APICoach:
 
     def __init__(self, url: str, model: str, agents, *, api_key: str | None = None, show_answer: bool = True,
                  max_tokens: int = 256, concurrency: int = 16, timeout: float = 120.0, retries: int = 3,
-                 backoff: float = 1.0, tool_chars: int = 2000):
+                 backoff: float = 1.0, tool_chars: int = 2000, answer_for_all: bool = False, compact: bool = False):
         self.url, self.model, self.agents, self.api_key = chat_url(url), model, agents, api_key
+        self.answer_for_all, self.compact = answer_for_all, compact
         self.show_answer, self.max_tokens, self.tool_chars = show_answer, max_tokens, tool_chars
         self.concurrency, self.timeout, self.retries, self.backoff = concurrency, timeout, retries, backoff
         self.format_retries = 0  # replies without a score line, asked again once (LLMCoach.retries)
@@ -76,7 +77,7 @@ class APICoach:
 
     def prompt(self, episode, action) -> list[dict]:
         return coach_messages(episode, action, self.agents, show_answer=self.show_answer, rationale=True,
-                              tool_chars=self.tool_chars)
+                              tool_chars=self.tool_chars, answer_for_all=self.answer_for_all, compact=self.compact)
 
     def score(self, items: list) -> list[float | None]:
         """Process scores 0..10 for (episode, action) pairs, requested concurrently; None = unscored."""
@@ -144,7 +145,8 @@ def make_coach(cfg, model, tokenizer, agents):
     shared base with adapters off). Either way the KL reference stays the local base."""
     if not cfg.coach_url:
         return LLMCoach(model, tokenizer, agents, cfg.coach, cfg.coach_sees_answer, cfg.coach_max_new_tokens,
-                        cfg.coach_batch_size)
+                        cfg.coach_batch_size, answer_for_all=cfg.coach_answer_for_all, compact=cfg.coach_compact)
     return APICoach(cfg.coach_url, cfg.coach_model, agents, api_key=os.environ.get(cfg.coach_api_key_env) or None,
                     show_answer=cfg.coach_sees_answer, max_tokens=cfg.coach_max_new_tokens,
-                    concurrency=cfg.coach_concurrency, timeout=cfg.coach_timeout, retries=cfg.coach_retries)
+                    concurrency=cfg.coach_concurrency, timeout=cfg.coach_timeout, retries=cfg.coach_retries,
+                    answer_for_all=cfg.coach_answer_for_all, compact=cfg.coach_compact)

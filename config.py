@@ -26,8 +26,8 @@ def opt(default, help: str, choices=None):
 class Config:
     # what to train
     task: str = opt("math", "pipeline: math (solver -> executor -> verifier) or data", ("math", "data"))
-    preset: str = opt("", "tiny: a tiny random model on CPU, the whole loop in minutes", ("", "tiny"))
-    model: str = opt("Qwen/Qwen2.5-1.5B-Instruct", "Hub name or local folder of the shared base model ('tiny' builds one offline)")
+    preset: str = opt("", "laptop: a small pretrained team that learns on CPU (~20 min); tiny: a random model, the whole loop in a minute", ("", "tiny", "laptop"))
+    model: str = opt("Qwen/Qwen2.5-1.5B-Instruct", "Hub name or local folder of the shared base model ('tiny' builds one offline; 'laptop' is the shipped tiny/laptop/)")
     data: str = opt("builtin", "training tasks: builtin, a .json/.jsonl file or a Hub dataset (math); builtin or a task folder (data)")
     eval_data: str = opt("builtin", "held-out tasks for evaluation, same forms as --data")
     load_in_4bit: typing.Optional[bool] = opt(None, "load the base in 4-bit NF4 (QLoRA); default: on when CUDA is available")
@@ -46,6 +46,8 @@ class Config:
     coach_max_new_tokens: int = opt(256, "tokens the coach may write in generate mode")
     coach_batch_size: int = opt(16, "actions per batched coach pass")
     coach_sees_answer: bool = opt(True, "show the reference answer to the coach when it scores the final agent (paper: on)")
+    coach_answer_for_all: bool = opt(False, "show the reference for every agent's action, not only the final agent's (paper: off; laptop preset: on)")
+    coach_compact: bool = opt(False, "compact coach prompt: task, action, code output, reference only (paper: the full prompt; laptop preset: on)")
     coach_url: str = opt("", "OpenAI-compatible endpoint of a coach served elsewhere, e.g. http://localhost:8000/v1 (default: the local base, adapters off)")
     coach_model: str = opt("", "model name the --coach-url endpoint serves")
     coach_api_key_env: str = opt("OPENAI_API_KEY", "environment variable holding the endpoint's API key (unset: no key is sent)")
@@ -84,6 +86,13 @@ PRESETS = {
                  gen_batch_size=16, coach="logit", coach_batch_size=16, lr=1e-3, lora_r=8, lora_alpha=16,
                  minibatch_size=8, micro_batch_size=8, gradient_checkpointing=False, code_timeout=5.0,
                  eval_problems=8, save_every=10),
+    # The laptop team (tiny/pretrain.py): a 1.8M-parameter model that has read the team's
+    # transcripts and the coach's verdicts, on the easy (1-2 step) built-in problems.
+    "laptop": dict(model="laptop", data="builtin-easy", eval_data="builtin-easy", steps=60,
+                   problems_per_step=8, samples_per_problem=2, max_new_tokens=96, gen_batch_size=32,
+                   coach="logit", coach_batch_size=32, coach_answer_for_all=True, coach_compact=True,
+                   lr=2e-3, lora_r=8, lora_alpha=16, minibatch_size=16, micro_batch_size=16,
+                   gradient_checkpointing=False, code_timeout=5.0, eval_problems=32, save_every=20),
 }
 
 

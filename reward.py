@@ -40,9 +40,22 @@ def clip_text(text: str, limit: int) -> str:
 
 
 def coach_prompt(episode: Episode, action: Action, agents: tuple[Agent, ...], *, reference: str | None,
-                 rationale: bool, tool_chars: int = 2000, text_chars: int = 6000) -> str:
-    """The coach's user message for one action (see the module docstring for what it contains)."""
+                 rationale: bool, tool_chars: int = 2000, text_chars: int = 6000, compact: bool = False) -> str:
+    """The coach's user message for one action (see the module docstring for what it contains).
+    compact (ours, the laptop preset's): the task, the action, its code output and the reference
+    only -- no team, role, input or job text -- so a small model's context and compute go to the
+    comparison it has to make."""
     agent = next(a for a in agents if a.name == action.agent)
+    if compact:
+        parts = [f"## Task\n{clip_text(episode.text, text_chars)}",
+                 f"## {agent.title}, action {action.turn + 1}\n{clip_text(action.text, text_chars)}"
+                 + ("\n[cut off by the length limit]" if action.truncated else "")]
+        if agent.uses_code:
+            parts.append("## Output of its code\n" + clip_text(action.tool_output or "(no code was run)", tool_chars))
+        if reference is not None:
+            parts.append(f"## Reference\n{reference}")
+        parts.append("Score this action from 0 to 10.")
+        return "\n\n".join(parts)
     team = "\n".join(f"{i + 1}. {a.title}" + (" (runs Python)" if a.uses_code else "")
                      for i, a in enumerate(agents))
     seen = "\n\n".join(f"[{m['role']}]\n{m['content']}" for m in action.messages if m["role"] != "system")
@@ -70,12 +83,15 @@ def coach_prompt(episode: Episode, action: Action, agents: tuple[Agent, ...], *,
 
 
 def coach_messages(episode: Episode, action: Action, agents: tuple[Agent, ...], *, show_answer: bool,
-                   rationale: bool, tool_chars: int = 2000) -> list[dict]:
+                   rationale: bool, tool_chars: int = 2000, answer_for_all: bool = False,
+                   compact: bool = False) -> list[dict]:
     """The coach's chat for one action: system + user message. The reference is shown only when
-    scoring the final agent, and only if show_answer (the paper's choice, SPEC §3)."""
-    final = action.agent == agents[-1].name
+    scoring the final agent, and only if show_answer (the paper's choice, SPEC §3); answer_for_all
+    shows it for every agent (ours, the laptop preset's: a 3M-parameter coach cannot check sums)."""
+    final = action.agent == agents[-1].name or answer_for_all
     reference = reference_for_coach(episode) if (show_answer and final) else None
-    text = coach_prompt(episode, action, agents, reference=reference, rationale=rationale, tool_chars=tool_chars)
+    text = coach_prompt(episode, action, agents, reference=reference, rationale=rationale, tool_chars=tool_chars,
+                        compact=compact)
     return [{"role": "system", "content": COACH_SYSTEM}, {"role": "user", "content": text}]
 
 
@@ -151,8 +167,9 @@ class LLMCoach:
 
     def __init__(self, model, tokenizer, agents: tuple[Agent, ...], mode: str = "generate",
                  show_answer: bool = True, max_new_tokens: int = 256, batch_size: int = 16,
-                 tool_chars: int = 2000):
+                 tool_chars: int = 2000, answer_for_all: bool = False, compact: bool = False):
         self.model, self.tokenizer, self.agents, self.mode = model, tokenizer, agents, mode
+        self.answer_for_all, self.compact = answer_for_all, compact
         self.show_answer, self.max_new_tokens = show_answer, max_new_tokens
         self.batch_size, self.tool_chars = batch_size, tool_chars
         self.retries = 0
@@ -161,7 +178,8 @@ class LLMCoach:
 
     def prompt(self, episode: Episode, action: Action) -> list[dict]:
         return coach_messages(episode, action, self.agents, show_answer=self.show_answer,
-                              rationale=self.mode == "generate", tool_chars=self.tool_chars)
+                              rationale=self.mode == "generate", tool_chars=self.tool_chars,
+                              answer_for_all=self.answer_for_all, compact=self.compact)
 
     def score(self, items: list[tuple[Episode, Action]]) -> list[float | None]:
         """Process scores 0..10 for (episode, action) pairs, all in batched passes; None = unscored."""

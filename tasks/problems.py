@@ -60,7 +60,7 @@ _QUESTION = ["How many {items} does {name} have now?", "How many {items} does {n
 _CAP = 5000  # keeps answers readable; "times" is skipped when it would pass this
 
 
-def _try_step(rng: random.Random, op: str, cur: int, big: bool) -> tuple | None:
+def _try_step(rng: random.Random, op: str, cur: int, big: bool, cap: int = _CAP) -> tuple | None:
     """One candidate step applied to the running total ``cur``, or None if it would break the
     rules (negative, zero, remainder, too big). Returns ``(op, *ints)``."""
     if op == "buy":
@@ -70,7 +70,7 @@ def _try_step(rng: random.Random, op: str, cur: int, big: bool) -> tuple | None:
     if op == "give":
         return ("give", rng.randint(2, cur * 2 // 3)) if cur >= 3 else None
     if op == "times":
-        ks = [k for k in range(2, 5) if cur * k <= _CAP]
+        ks = [k for k in range(2, 5) if cur * k <= cap]
         return ("times", rng.choice(ks)) if ks else None
     # split / share: exact division only, at least 2 (split) or 1 (share) per part
     ks = [k for k in range(2, 10) if cur % k == 0 and cur // k >= (2 if op == "split" else 1)]
@@ -85,9 +85,10 @@ def _apply_step(cur: int, step: tuple) -> int:
             "split": lambda: cur // x[0], "share": lambda: cur // x[0]}[op]()
 
 
-def _one_problem(rng: random.Random, n_steps: int) -> tuple[str, tuple, int]:
-    """(problem text, steps, answer) for one word problem with ``n_steps`` operations."""
-    big = rng.random() < 0.5
+def _one_problem(rng: random.Random, n_steps: int, small: bool = False) -> tuple[str, tuple, int]:
+    """(problem text, steps, answer) for one word problem with ``n_steps`` operations; ``small``:
+    only small numbers, every value below 1000."""
+    big = rng.random() < 0.5 and not small
     name = rng.choice(_NAMES)
     items, c1, cs = rng.choice(_OBJECTS)
     friend = rng.choice([x for x in _NAMES if x != name])
@@ -101,7 +102,7 @@ def _one_problem(rng: random.Random, n_steps: int) -> tuple[str, tuple, int]:
         rng.shuffle(ops)
         # no op twice in a row: the text reads better and the chain stays multi-step
         ops = [o for o in ops if o != steps[-1][0]]
-        step = next(s for s in (_try_step(rng, o, cur, big) for o in ops) if s is not None)
+        step = next(s for s in (_try_step(rng, o, cur, big, 999 if small else _CAP) for o in ops) if s is not None)
         cur = _apply_step(cur, step)
         steps.append(step)
         args = dict(zip("km", step[1:])) if step[0] in ("buy", "times", "split", "share") else {"b": step[1]}
@@ -112,14 +113,14 @@ def _one_problem(rng: random.Random, n_steps: int) -> tuple[str, tuple, int]:
     return " ".join(text), tuple(steps), cur
 
 
-def _arith_stream(seed: int, min_steps: int, max_steps: int):
+def _arith_stream(seed: int, min_steps: int, max_steps: int, small: bool = False):
     """Endless stream of distinct generated Problems from one seeded RNG (prefix-stable)."""
     if not 1 <= min_steps <= max_steps:
         raise ValueError(f"need 1 <= min_steps <= max_steps, got {min_steps}..{max_steps}")
     rng, seen, i = random.Random(seed), set(), 0
     while True:
         n_steps = rng.randint(min_steps, max_steps)
-        text, steps, answer = _one_problem(rng, n_steps)
+        text, steps, answer = _one_problem(rng, n_steps, small)
         if text in seen:
             continue
         seen.add(text)
@@ -127,31 +128,36 @@ def _arith_stream(seed: int, min_steps: int, max_steps: int):
         i += 1
 
 
-def make_arithmetic(n: int, seed: int, min_steps: int = 2, max_steps: int = 4) -> list[Problem]:
+def make_arithmetic(n: int, seed: int, min_steps: int = 2, max_steps: int = 4, small: bool = False) -> list[Problem]:
     """``n`` distinct multi-step word problems with positive integer answers, from ``seed``.
     The first k of ``make_arithmetic(n, s)`` equal ``make_arithmetic(k, s)``."""
-    stream = _arith_stream(seed, min_steps, max_steps)
+    stream = _arith_stream(seed, min_steps, max_steps, small)
     return [next(stream) for _ in range(n)]
 
 
 EVAL_SEED, TRAIN_SEED, EVAL_SIZE, TRAIN_SIZE = 20260131, 1, 200, 2000
 
 
-def builtin_problems(split: str, n: int | None = None) -> list[Problem]:
+# source name -> (fewest, most operations per problem, small numbers only)
+BUILTIN = {"builtin": (2, 4, False), "builtin-easy": (1, 2, True)}
+
+
+def builtin_problems(split: str, n: int | None = None, steps: tuple = (2, 4, False)) -> list[Problem]:
     """The built-in split: "eval" is the first ``n`` (<= EVAL_SIZE, default all) of a fixed seed
     stream; "train" is ``n`` (default TRAIN_SIZE) problems of another stream, skipping any text
-    that is in the full eval set. Deterministic: only ``random.Random(int)`` is used."""
+    that is in the full eval set. ``steps``: the range of operations per problem and whether only
+    small numbers occur ("builtin-easy": 1-2 operations, every number below 1000: the laptop preset's). Deterministic: only ``random.Random(int)`` is used."""
     if split not in ("train", "eval"):
         raise ValueError(f"unknown builtin split {split!r}; use 'train' or 'eval'")
     if n is not None and n < 1:
         raise ValueError(f"n must be a positive integer or None, got {n}")
-    evals = make_arithmetic(EVAL_SIZE, EVAL_SEED)
+    evals = make_arithmetic(EVAL_SIZE, EVAL_SEED, *steps)
     if split == "eval":
         if n is not None and n > EVAL_SIZE:
             raise ValueError(f"the builtin eval split has {EVAL_SIZE} problems, asked for {n}")
         return [replace(p, id=f"eval-{i}") for i, p in enumerate(evals[:n])]
     banned, out = {p.problem for p in evals}, []
-    for p in _arith_stream(TRAIN_SEED, 2, 4):
+    for p in _arith_stream(TRAIN_SEED, *steps):
         if p.problem not in banned:
             out.append(replace(p, id=f"train-{len(out)}"))
             if len(out) == (n or TRAIN_SIZE):
@@ -170,8 +176,9 @@ def load_problems(source: str, split: str = "train", limit: int | None = None) -
     optional (defaults: "<stem>-<index>" and the file stem). Raises DataError (one line)."""
     if limit is not None and limit < 1:
         raise ValueError(f"limit must be a positive integer or None, got {limit}")
-    if source == "builtin":
-        return builtin_problems(split, limit) if split == "train" else builtin_problems(split)[:limit]
+    if source in BUILTIN:
+        steps = BUILTIN[source]
+        return builtin_problems(split, limit, steps) if split == "train" else builtin_problems(split, None, steps)[:limit]
     path = os.path.expanduser(source)
     ext = os.path.splitext(path)[1].lower()
     looks_local = ext in (".json", ".jsonl") or path.startswith(("/", "./", "../", "~"))

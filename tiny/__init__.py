@@ -131,3 +131,12 @@ def ensure_tiny_model(size: str = "tiny") -> Path:
     except OSError:
         shutil.rmtree(tmp, ignore_errors=True)
     return folder
+
+
+def laptop_model() -> Path:
+    """The folder of the pretrained laptop model (tiny/pretrain.py), shipped in tiny/laptop/."""
+    folder = Path(__file__).resolve().parent / "laptop"
+    if not (folder / "model.safetensors").exists():
+        from agents import ModelLoadError
+        raise ModelLoadError(f"the laptop model is not in {folder}; build it with: python -m tiny pretrain")
+    return folder
