@@ -235,6 +235,8 @@ class CoachGuard:
         self.invalid = self.failures = self.streak = 0
 
     def __getattr__(self, name):  # the wrapped coach's counters (.retries, .failed, ...)
+        if name == "coach":  # not set yet (copy, unpickling): no endless recursion
+            raise AttributeError(name)
         return getattr(self.coach, name)
 
     def score(self, items: list) -> list[float | None]:

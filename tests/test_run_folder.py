@@ -244,3 +244,14 @@ def test_ctrl_c_is_one_line_and_the_run_resumes(tmp_path):
     assert not [p for p in (run_dir / "checkpoints").iterdir() if p.name.startswith(".tmp")]
     train.main(["--resume", str(run_dir)])
     assert steps(run_dir) == [1, 2, 3]
+
+
+def test_a_second_resume_of_a_run_in_use_is_refused(two_checkpoints, tmp_path, capsys, monkeypatch):
+    run_dir = tmp_path / "run"
+    shutil.copytree(two_checkpoints, run_dir)
+    write_lock(run_dir, os.getpid())  # a live writer: this very process
+    before = (run_dir / "metrics.jsonl").read_text()
+    monkeypatch.setattr(train, "load_base", lambda *a, **k: pytest.fail("loaded the model"))
+    err = run_main(train.main, ["--resume", str(run_dir), "--steps", "3"], capsys)
+    assert f"in use by process {os.getpid()}" in err
+    assert (run_dir / "metrics.jsonl").read_text() == before and (run_dir / "lock").exists()
