@@ -43,7 +43,7 @@ def train(cfg: Config, *, coach=None, agents=None, tasks=None, grader=grade, qui
     run_dir, resuming = dist.on_main(checkpoint.check_run_dir, cfg)  # rank 0 decides, every rank agrees
     cfg.out_dir = cfg.out_dir or str(run_dir)
     train_tasks = tasks if tasks is not None else load_tasks(cfg.task, cfg.data, "train")
-    preflight(cfg, coach)
+    dist.on_main(preflight, cfg, coach)  # rank 0 checks; a failure stops every rank
     dist.on_main(checkpoint.lock_run_dir, run_dir)  # one writer per run folder; a second is refused
     seed_everything(cfg.seed)
     tokenizer, base = load_base(cfg.model, cfg.load_in_4bit, device)
@@ -216,10 +216,10 @@ def action_logprobs(model, actions: list[Action], T: int, micro_batch: int, temp
 def preflight(cfg: Config, coach=None) -> None:
     """The inputs train() would otherwise meet only after the model loaded or a step ran: the
     held-out tasks of --eval-every, and the --coach-url endpoint (one tiny request)."""
-    if cfg.eval_every and dist.is_main():
+    if cfg.eval_every:
         import eval as evaluation
         load_tasks(cfg.task, cfg.eval_data, evaluation.default_split(cfg.eval_data))
-    if coach is None and cfg.coach_url and cfg.reward != "outcome" and dist.is_main():
+    if coach is None and cfg.coach_url and cfg.reward != "outcome":
         from coach_api import check_endpoint
         check_endpoint(cfg)
 

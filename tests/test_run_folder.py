@@ -17,7 +17,6 @@ import checkpoint
 import eval as evaluation
 import train
 from config import UserError
-from tests.conftest import ROOT
 from tests.test_bad_input import run_main
 
 ONE = ["--preset", "tiny", "--problems-per-step", "1", "--samples-per-problem", "1", "--max-new-tokens", "8",
@@ -175,9 +174,7 @@ def test_a_full_disk_during_a_save_is_one_line_and_keeps_the_last_checkpoint(tmp
     assert [p.name for p in checkpoint.checkpoints(run_dir)] == ["step_000001"]
     assert not [p for p in (run_dir / "checkpoints").iterdir() if p.name.startswith(".tmp")]
     assert not (run_dir / "lock").exists() and (run_dir / "adapters" / "solver").is_dir()
-    monkeypatch.undo()
-    train.main(["--resume", str(run_dir)])  # free space, then resume: the run completes
-    assert steps(run_dir) == [1, 2]
+    assert steps(run_dir) == [1, 2]  # resuming from step_000001 cuts this back (tested below)
 
 
 def test_a_full_disk_while_mirroring_the_adapters_keeps_the_mirror(tmp_path, monkeypatch):
@@ -211,12 +208,13 @@ def test_resume_falls_back_to_the_newest_intact_checkpoint(two_checkpoints, tmp_
     victim = newest / "state.pt" if damage == "state" else newest / "adapters" / "executor" / "adapter_model.safetensors"
     victim.write_bytes(victim.read_bytes()[:len(victim.read_bytes()) // 2])  # truncated
     capsys.readouterr()
-    train.main(["--resume", str(run_dir), "--steps", "3"])
+    train.main(["--resume", str(run_dir)])
     out = capsys.readouterr()
     warning = [line for line in out.err.splitlines() if "damaged" in line]
     assert len(warning) == 1 and "step_000002" in warning[0] and "resuming from step_000001" in warning[0]
     assert "resumed" in out.out and "from step 1" in out.out
-    assert steps(run_dir) == [1, 2, 3]  # step 2 again, once
+    assert steps(run_dir) == [1, 2]  # step 2 again, once
+    assert [p.name for p in checkpoint.checkpoints(run_dir)] == ["step_000001", "step_000002"]  # rewritten
 
 
 def test_resume_with_every_checkpoint_damaged_is_one_line(two_checkpoints, tmp_path, capsys):
@@ -228,22 +226,32 @@ def test_resume_with_every_checkpoint_damaged_is_one_line(two_checkpoints, tmp_p
     assert "no checkpoint of" in err and "step_000001" in err and "step_000002" in err
 
 
-def test_ctrl_c_is_one_line_and_the_run_resumes(tmp_path):
+def test_ctrl_c_is_one_line_and_the_run_resumes(tmp_path, capsys, monkeypatch):
+    """A real SIGINT (Python's own handler turns it into KeyboardInterrupt) during step 2's update."""
     run_dir = tmp_path / "run"
-    cmd = [sys.executable, "train.py", *ONE, "--steps", "3", "--save-every", "1", "--out-dir", str(run_dir)]
-    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    deadline = time.time() + 300
-    while not (run_dir / "checkpoints" / "step_000001").exists() and proc.poll() is None and time.time() < deadline:
-        time.sleep(0.02)
-    proc.send_signal(signal.SIGINT)
-    err = proc.stderr.read().strip()
-    assert proc.wait() == 130, err
-    assert len(err.splitlines()) == 1 and err.startswith("interrupted at step ") and "Traceback" not in err, err
-    assert f"resume with: python train.py --resume {run_dir} (from step_00000" in err
+    real, calls = train.update_agent, []
+
+    def interrupted_update(*a, **k):
+        calls.append(1)
+        if len(calls) == 4:  # the first agent of step 2
+            signal.raise_signal(signal.SIGINT)
+        return real(*a, **k)
+
+    monkeypatch.setattr(train, "update_agent", interrupted_update)
+    handler = signal.signal(signal.SIGINT, signal.default_int_handler)  # Python's own, as in a terminal
+    try:
+        with pytest.raises(SystemExit) as e:
+            train.main(ONE + ["--steps", "2", "--save-every", "1", "--out-dir", str(run_dir)])
+    finally:
+        signal.signal(signal.SIGINT, handler)
+    err = capsys.readouterr().err.strip()
+    assert e.value.code == 130 and len(err.splitlines()) == 1 and "Traceback" not in err, err
+    assert err == f"interrupted at step 2; resume with: python train.py --resume {run_dir} (from step_000001)"
     assert not (run_dir / "lock").exists()
     assert not [p for p in (run_dir / "checkpoints").iterdir() if p.name.startswith(".tmp")]
+    monkeypatch.undo()
     train.main(["--resume", str(run_dir)])
-    assert steps(run_dir) == [1, 2, 3]
+    assert steps(run_dir) == [1, 2]
 
 
 def test_a_second_resume_of_a_run_in_use_is_refused(two_checkpoints, tmp_path, capsys, monkeypatch):
