@@ -194,36 +194,36 @@ def test_a_full_disk_while_mirroring_the_adapters_keeps_the_mirror(tmp_path, mon
 
 
 @pytest.fixture(scope="module")
-def two_checkpoints(tmp_path_factory):
+def three_checkpoints(tmp_path_factory):
     run_dir = tmp_path_factory.mktemp("fallback") / "run"
-    train.main(ONE + ["--steps", "2", "--save-every", "1", "--out-dir", str(run_dir)])
+    train.main(ONE + ["--steps", "3", "--save-every", "1", "--keep-checkpoints", "3", "--out-dir", str(run_dir)])
     return run_dir
 
 
-@pytest.mark.parametrize("damage", ["state", "adapter"])
-def test_resume_falls_back_to_the_newest_intact_checkpoint(two_checkpoints, tmp_path, capsys, damage):
+def test_resume_falls_back_to_the_newest_intact_checkpoint(three_checkpoints, tmp_path, capsys):
+    """step 3's state file and step 2's adapter file are truncated: the run resumes from step 1."""
     run_dir = tmp_path / "run"
-    shutil.copytree(two_checkpoints, run_dir)
-    newest = checkpoint.checkpoints(run_dir)[-1]
-    victim = newest / "state.pt" if damage == "state" else newest / "adapters" / "executor" / "adapter_model.safetensors"
-    victim.write_bytes(victim.read_bytes()[:len(victim.read_bytes()) // 2])  # truncated
+    shutil.copytree(three_checkpoints, run_dir)
+    step1, step2, step3 = checkpoint.checkpoints(run_dir)
+    for victim in (step3 / "state.pt", step2 / "adapters" / "executor" / "adapter_model.safetensors"):
+        victim.write_bytes(victim.read_bytes()[:len(victim.read_bytes()) // 2])
     capsys.readouterr()
-    train.main(["--resume", str(run_dir)])
+    train.main(["--resume", str(run_dir), "--steps", "2"])
     out = capsys.readouterr()
     warning = [line for line in out.err.splitlines() if "damaged" in line]
-    assert len(warning) == 1 and "step_000002" in warning[0] and "resuming from step_000001" in warning[0]
+    assert len(warning) == 1 and "step_000003 (" in warning[0] and "step_000002 (" in warning[0], warning
+    assert warning[0].endswith("resuming from step_000001 instead")
     assert "resumed" in out.out and "from step 1" in out.out
-    assert steps(run_dir) == [1, 2]  # step 2 again, once
-    assert [p.name for p in checkpoint.checkpoints(run_dir)] == ["step_000001", "step_000002"]  # rewritten
+    assert steps(run_dir) == [1, 2]  # cut back to step 1, then step 2 again, once
 
 
-def test_resume_with_every_checkpoint_damaged_is_one_line(two_checkpoints, tmp_path, capsys):
+def test_resume_with_every_checkpoint_damaged_is_one_line(three_checkpoints, tmp_path, capsys):
     run_dir = tmp_path / "run"
-    shutil.copytree(two_checkpoints, run_dir)
+    shutil.copytree(three_checkpoints, run_dir)
     for ckpt in checkpoint.checkpoints(run_dir):
         (ckpt / "state.pt").write_bytes(b"\0" * 10)
-    err = run_main(train.main, ["--resume", str(run_dir), "--steps", "3"], capsys)
-    assert "no checkpoint of" in err and "step_000001" in err and "step_000002" in err
+    err = run_main(train.main, ["--resume", str(run_dir)], capsys)
+    assert "no checkpoint of" in err and all(f"step_00000{i}" in err for i in (1, 2, 3))
 
 
 def test_ctrl_c_is_one_line_and_the_run_resumes(tmp_path, capsys, monkeypatch):
@@ -254,9 +254,9 @@ def test_ctrl_c_is_one_line_and_the_run_resumes(tmp_path, capsys, monkeypatch):
     assert steps(run_dir) == [1, 2]
 
 
-def test_a_second_resume_of_a_run_in_use_is_refused(two_checkpoints, tmp_path, capsys, monkeypatch):
+def test_a_second_resume_of_a_run_in_use_is_refused(three_checkpoints, tmp_path, capsys, monkeypatch):
     run_dir = tmp_path / "run"
-    shutil.copytree(two_checkpoints, run_dir)
+    shutil.copytree(three_checkpoints, run_dir)
     write_lock(run_dir, os.getpid())  # a live writer: this very process
     before = (run_dir / "metrics.jsonl").read_text()
     monkeypatch.setattr(train, "load_base", lambda *a, **k: pytest.fail("loaded the model"))
