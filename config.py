@@ -36,8 +36,8 @@ class Config:
     steps: int = opt(200, "training steps (one rollout batch and one update per agent each)")
     problems_per_step: int = opt(16, "tasks per rollout batch")
     samples_per_problem: int = opt(2, "episodes per task in a rollout batch")
-    temperature: float = opt(1.0, "sampling temperature of the agents during training")
-    max_new_tokens: int = opt(1024, "cap on the length of any action, in tokens")
+    temperature: float = opt(1.0, "sampling temperature of the agents during training (> 0: the update needs the log-probs of a real distribution)")
+    max_new_tokens: int = opt(1024, "cap on the length of any action, in tokens (wins over an agent's own cap; the paper used 4096)")
     gen_batch_size: int = opt(32, "sequences per batched generate call")
     code_timeout: float = opt(10.0, "seconds a code action may run in the sandbox")
     code_memory_mb: int = opt(2048, "memory limit of a code action, MB")
@@ -52,18 +52,25 @@ class Config:
     coach_concurrency: int = opt(16, "requests in flight at once to --coach-url")
     coach_timeout: float = opt(120.0, "seconds one request to --coach-url may take")
     coach_retries: int = opt(3, "retries of a failed request (429, 5xx, timeout, unreadable reply) before the action is unscored")
+    grader: str = opt("fast", "math answers: fast (exact, built in) or math-verify (fast first; math-verify for non-numeric answers; pip install math-verify)", ("fast", "math-verify"))
     reward: str = opt("process", "process: coach score per action; outcome: episode result for every action; mixed", ("process", "outcome", "mixed"))
     outcome_weight: float = opt(0.5, "weight of the outcome in --reward mixed")
     # the update
     lr: float = opt(2e-5, "learning rate of every adapter (LoRA wants more than the paper's full fine-tune 1e-6)")
     beta: float = opt(0.01, "KL penalty coefficient against the base model (adapters off)")
+    advantage: str = opt("paper", "paper: whiten the returns with the KL inside (REINFORCE++); guarded: whiten the reward only, add -beta*KL unscaled, zero reward advantage when the batch's reward std < --min-reward-std", ("paper", "guarded"))
+    min_reward_std: float = opt(0.01, "reward std (0-1 scale, over an agent's trained tokens) below which its batch has no signal (logged as <agent>/no_signal; --advantage guarded then takes no reward step)")
+    loss_mean: str = opt("token", "token: mean over the minibatch's tokens (SPEC §4); sequence: mean over actions of each action's token mean (the paper's code)", ("token", "sequence"))
     clip_eps: float = opt(0.2, "PPO clip range of the probability ratio")
     ppo_epochs: int = opt(1, "optimiser passes over each rollout batch")
-    minibatch_size: int = opt(16, "actions per optimiser step")
+    minibatch_size: int = opt(16, "actions per optimiser step, per process (data parallel: the global minibatch is this x processes)")
     micro_batch_size: int = opt(4, "actions per forward/backward pass (gradient accumulation)")
     max_grad_norm: float = opt(1.0, "gradient-norm clip per adapter")
     weight_decay: float = opt(0.0, "AdamW weight decay")
+    adam_beta1: float = opt(0.9, "AdamW beta1")
+    adam_beta2: float = opt(0.999, "AdamW beta2 (torch's default; the paper used 0.95)")
     warmup_steps: int = opt(0, "linear learning-rate warm-up, in optimiser steps")
+    lr_schedule: str = opt("constant", "after the warm-up: constant, or cosine down to 0.1 x --lr over the planned optimiser steps (the paper's)", ("constant", "cosine"))
     lora_r: int = opt(16, "LoRA rank of each adapter")
     lora_alpha: int = opt(32, "LoRA alpha of each adapter")
     gradient_checkpointing: bool = opt(True, "recompute activations in the update to save memory (never in rollouts)")
@@ -92,7 +99,7 @@ def validate(cfg: Config) -> Config:
     checks = [
         (cfg.steps >= 1, "--steps must be >= 1"),
         (cfg.problems_per_step >= 1 and cfg.samples_per_problem >= 1, "--problems-per-step and --samples-per-problem must be >= 1"),
-        (cfg.temperature >= 0, "--temperature must be >= 0"),
+        (cfg.temperature > 0, "--temperature must be > 0 for training (at 0 the update's log-probs are undefined; eval.py may sample greedily)"),
         (cfg.max_new_tokens >= 1, "--max-new-tokens must be >= 1"),
         (min(cfg.gen_batch_size, cfg.coach_batch_size, cfg.minibatch_size, cfg.micro_batch_size) >= 1, "batch sizes must be >= 1"),
         (cfg.code_timeout > 0 and cfg.code_memory_mb > 0, "--code-timeout and --code-memory-mb must be > 0"),
@@ -100,6 +107,10 @@ def validate(cfg: Config) -> Config:
         (cfg.lr > 0, "--lr must be > 0"),
         (cfg.beta >= 0, "--beta must be >= 0"),
         (cfg.clip_eps > 0, "--clip-eps must be > 0"),
+        (cfg.min_reward_std >= 0, "--min-reward-std must be >= 0"),
+        (0 <= cfg.adam_beta1 < 1 and 0 <= cfg.adam_beta2 < 1, "--adam-beta1 and --adam-beta2 must be in [0, 1)"),
+        (cfg.grader != "math-verify" or _installed("math_verify"),
+         "--grader math-verify needs the math-verify package: pip install math-verify"),
         (cfg.ppo_epochs >= 1, "--ppo-epochs must be >= 1"),
         (cfg.max_grad_norm > 0, "--max-grad-norm must be > 0"),
         (cfg.lora_r >= 1 and cfg.lora_alpha >= 1, "--lora-r and --lora-alpha must be >= 1"),
@@ -116,6 +127,11 @@ def validate(cfg: Config) -> Config:
         if not ok:
             raise UserError(message)
     return cfg
+
+
+def _installed(module: str) -> bool:
+    import importlib.util
+    return importlib.util.find_spec(module) is not None
 
 
 class OneLineParser(argparse.ArgumentParser):
