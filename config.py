@@ -60,8 +60,8 @@ class Config:
     steps: int = opt(200, "training steps (one rollout batch and one update per agent each)", range=(1, 10_000_000))
     problems_per_step: int = opt(16, "tasks per rollout batch", range=(1, 1024))
     samples_per_problem: int = opt(2, "episodes per task in a rollout batch", range=(1, 64))
-    temperature: float = opt(1.0, "sampling temperature of the agents during training", range=(Above(0), 10))
-    max_new_tokens: int = opt(1024, "cap on the length of any action, in tokens", range=(1, 131_072))
+    temperature: float = opt(1.0, "sampling temperature of the agents during training (> 0: the update needs the log-probs of a real distribution)", range=(Above(0), 10))
+    max_new_tokens: int = opt(1024, "cap on the length of any action, in tokens (wins over an agent's own cap; the paper used 4096)", range=(1, 131_072))
     gen_batch_size: int = opt(32, "sequences per batched generate call", range=(1, 4096))
     code_timeout: float = opt(10.0, "seconds a code action may run in the sandbox", range=(Above(0), 3600))
     code_memory_mb: int = opt(2048, "memory limit of a code action, MB", range=(64, 1_048_576))
@@ -77,18 +77,25 @@ class Config:
     coach_timeout: float = opt(120.0, "seconds one request to --coach-url may take", range=(Above(0), 3600))
     coach_retries: int = opt(3, "retries of a failed request (429, 5xx, timeout, unreadable reply) before the action is unscored", range=(0, 100))
     max_unscored_steps: int = opt(3, "stop (one line, exit 2) after this many steps in a row with no action scored by the coach (0: never)", range=(0, 1_000_000))
+    grader: str = opt("fast", "math answers: fast (exact, built in) or math-verify (fast first; math-verify for non-numeric answers; pip install math-verify)", ("fast", "math-verify"))
     reward: str = opt("process", "process: coach score per action; outcome: episode result for every action; mixed", ("process", "outcome", "mixed"))
     outcome_weight: float = opt(0.5, "weight of the outcome in --reward mixed", range=(0, 1))
     # the update
     lr: float = opt(2e-5, "learning rate of every adapter (LoRA wants more than the paper's full fine-tune 1e-6)", range=(Above(0), 1))
     beta: float = opt(0.01, "KL penalty coefficient against the base model (adapters off)", range=(0, 100))
+    advantage: str = opt("paper", "paper: whiten the returns with the KL inside (REINFORCE++); guarded: whiten the reward only, add -beta*KL unscaled, zero reward advantage when the batch's reward std < --min-reward-std", ("paper", "guarded"))
+    min_reward_std: float = opt(0.01, "reward std (0-1 scale, over an agent's trained tokens) below which its batch has no signal (logged as <agent>/no_signal; --advantage guarded then takes no reward step)", range=(0, 1))
+    loss_mean: str = opt("token", "token: mean over the minibatch's tokens (SPEC §4); sequence: mean over actions of each action's token mean (the paper's code)", ("token", "sequence"))
     clip_eps: float = opt(0.2, "PPO clip range of the probability ratio", range=(Above(0), 10))
     ppo_epochs: int = opt(1, "optimiser passes over each rollout batch", range=(1, 100))
-    minibatch_size: int = opt(16, "actions per optimiser step", range=(1, 65_536))
+    minibatch_size: int = opt(16, "actions per optimiser step, per process (data parallel: the global minibatch is this x processes)", range=(1, 65_536))
     micro_batch_size: int = opt(4, "actions per forward/backward pass (gradient accumulation)", range=(1, 4096))
     max_grad_norm: float = opt(1.0, "gradient-norm clip per adapter", range=(Above(0), 1e6))
     weight_decay: float = opt(0.0, "AdamW weight decay", range=(0, 10))
+    adam_beta1: float = opt(0.9, "AdamW beta1", range=(0, 0.999999))
+    adam_beta2: float = opt(0.999, "AdamW beta2 (torch's default; the paper used 0.95)", range=(0, 0.999999))
     warmup_steps: int = opt(0, "linear learning-rate warm-up, in optimiser steps", range=(0, 10_000_000))
+    lr_schedule: str = opt("constant", "after the warm-up: constant, or cosine down to 0.1 x --lr over the planned optimiser steps (the paper's)", ("constant", "cosine"))
     lora_r: int = opt(16, "LoRA rank of each adapter", range=(1, 1024))
     lora_alpha: int = opt(32, "LoRA alpha of each adapter", range=(1, 1_000_000))
     gradient_checkpointing: bool = opt(True, "recompute activations in the update to save memory (never in rollouts)")
@@ -120,6 +127,8 @@ def validate(cfg: Config) -> Config:
             check_range("--" + f.name.replace("_", "-"), getattr(cfg, f.name), *f.metadata["range"])
     check_device(cfg.device)
     checks = [
+        (cfg.grader != "math-verify" or _installed("math_verify"),
+         "--grader math-verify needs the math-verify package: pip install math-verify"),
         (not cfg.coach_url or cfg.coach_url.startswith(("http://", "https://")), "--coach-url must start with http:// or https://"),
         (not cfg.coach_url or cfg.coach_model, "--coach-url needs --coach-model (the model name the endpoint serves)"),
         (not cfg.coach_url or cfg.coach == "generate", "a --coach-url coach writes its score (no logits): pass --coach generate"),
@@ -142,6 +151,11 @@ def check_device(device: str) -> None:
         if index >= n:
             raise UserError(f"--device {device}: this machine has {n} CUDA device(s)"
                             + ("" if n else " (or torch was built without CUDA)") + "; use --device cpu or auto")
+
+
+def _installed(module: str) -> bool:
+    import importlib.util
+    return importlib.util.find_spec(module) is not None
 
 
 class OneLineParser(argparse.ArgumentParser):

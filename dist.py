@@ -164,16 +164,17 @@ def gather_episodes(episodes: list) -> list:
 
 
 def merge_update_stats(stats: dict) -> dict:
-    """One agent's update metrics over all ranks: counts and losses add up (the loss of a rank is
-    its share of the global token mean), KL and clip fraction are means weighted by trained actions;
-    grad_norm, skipped and lr are the same on every rank (identical synchronised steps)."""
+    """One agent's update metrics over all ranks, equal to what one process on the global batch logs:
+    counts and losses add up (the loss of a rank is its share of the global minibatch mean), KL and
+    clip fraction are means weighted by each rank's trained tokens (both are token means);
+    grad_norm, skipped, no_signal and lr are the same on every rank (identical synchronised steps)."""
     if not active():
         return stats
     parts = [p for p in gather(stats) if p["trained"] > 0]
-    out = dict(stats, trained=sum(p["trained"] for p in parts))
+    out = dict(stats, trained=sum(p["trained"] for p in parts), tokens=sum(p["tokens"] for p in parts))
     out["loss"] = sum(p["loss"] for p in parts) if parts else math.nan
     for key in ("kl", "clip_frac"):
-        out[key] = sum(p[key] * p["trained"] for p in parts) / out["trained"] if parts else math.nan
+        out[key] = sum(p[key] * p["tokens"] for p in parts) / out["tokens"] if out["tokens"] else math.nan
     return out
 
 

@@ -76,7 +76,7 @@ def run_episodes(model, tokenizer, cfg: Config, agents, *, k: int = 4, temperatu
                         max_new_tokens=cfg.max_new_tokens, batch_size=cfg.gen_batch_size, limits=limits,
                         use_adapters=use_adapters)
                 for ep in batch:
-                    grade(ep, agents)
+                    grade(ep, agents, backend=cfg.grader)
                     if ep.error:  # kept and counted wrong: the pipeline failed on this task
                         ep.correct = False
                         bar.write(f"episode of task {ep.task.id} failed: {ep.error}", file=sys.stderr)
@@ -92,8 +92,10 @@ def run_episodes(model, tokenizer, cfg: Config, agents, *, k: int = 4, temperatu
 
 
 def evaluate(model, tokenizer, cfg: Config, agents, *, k: int = 4, **kwargs) -> dict:
-    """run_episodes + summarize: {"summary": {...}, "by_kind": {...}, "tasks": [...]}."""
-    return summarize(run_episodes(model, tokenizer, cfg, agents, k=k, **kwargs), agents, k, cfg.task)
+    """run_episodes + summarize: {"summary": {...}, "by_kind": {...}, "tasks": [...]}. Without a coach
+    (train.py's --eval-every) the summary has no coach keys (no score, unscored or coach/*)."""
+    coached = kwargs.get("coach") is not None
+    return summarize(run_episodes(model, tokenizer, cfg, agents, k=k, **kwargs), agents, k, cfg.task, coached)
 
 
 # ---------------------------------------------------------------------------------- the summary
@@ -140,7 +142,7 @@ def by_kind(episodes: list[Episode], agents) -> dict:
     return out
 
 
-def summarize(episodes: list[Episode], agents, k: int, task: str = "math") -> dict:
+def summarize(episodes: list[Episode], agents, k: int, task: str = "math", coached: bool = True) -> dict:
     """Accuracy (avg@k, unbiased pass@k), per-agent coach score / unscored / action length / tool
     use, the coach as a judge, the task's own metrics (TASK_METRICS), and the same by task type."""
     by_task: dict[str, list[Episode]] = {}
@@ -152,9 +154,9 @@ def summarize(episodes: list[Episode], agents, k: int, task: str = "math") -> di
         "tasks": len(by_task), "episodes": len(episodes), "failed": sum(ep.error is not None for ep in episodes),
     }
     per_agent = ("score_mean", "unscored", "length", "truncated", "tool_use")
-    summary |= {key: v for key, v in rollout_metrics(episodes, agents).items()
+    summary |= {key: v for key, v in rollout_metrics(episodes, agents, coached).items()
                 if key.split("/")[-1] in per_agent}
-    summary |= judge_metrics(episodes, agents[-1].name)
+    summary |= judge_metrics(episodes, agents[-1].name) if coached else {}
     summary |= TASK_METRICS.get(task, lambda eps, ags: {})(episodes, agents)
     tasks_out = [{"id": tid, "correct": [bool(e.correct) for e in eps], "answers": [e.answer for e in eps]}
                  | ({"outcomes": [e.outcome for e in eps]} if eps[0].workdir is not None else {})

@@ -24,13 +24,20 @@ COACH_SYSTEM = ("You are a coach who evaluates the work of one agent in a team o
                 "You are fair, specific and strict.")
 SCORE_PREFIX = "PROCESS_SCORE: "
 RETRY = "Your reply did not end with the score line. Reply with the line PROCESS_SCORE: <integer from 0 to 10> and nothing else."
-_SCORE_RE = re.compile(r"PROCESS_SCORE\s*[:=]\s*\**\s*(-?\d+(?:\.\d+)?)", re.IGNORECASE)
+# "PROCESS_SCORE: 7", "**PROCESS_SCORE**: 8", "Process Score: 7", "PROCESS_SCORE: [7]", "PROCESS_SCORE=4",
+# "PROCESS_SCORE: **8**", "PROCESS_SCORE: 7/10"; a sign is read so that "-3" is out of range, not 3.
+_SCORE_RE = re.compile(r"PROCESS[\s_]?SCORE\s*\**\s*[:=]\s*[*\[(\s]*([-\u2212+]?\d+(?:\.\d+)?)", re.IGNORECASE)
 
 
 def parse_score(text: str) -> float | None:
-    """The last `PROCESS_SCORE: x` in text, clamped to [0, 10]; None if there is none."""
-    found = _SCORE_RE.findall(text or "")
-    return min(max(float(found[-1]), 0.0), 10.0) if found else None
+    """The FIRST score line in text (the paper's code takes the first: what a coach writes after its
+    verdict is rambling), as a float; None (unscored) if there is none or it is outside 0..10 --
+    never clamped, never guessed."""
+    m = _SCORE_RE.search(text or "")
+    if m is None:
+        return None
+    value = float(m[1].replace("\u2212", "-"))
+    return value if 0.0 <= value <= 10.0 else None
 
 
 def clip_text(text: str, limit: int) -> str:
@@ -304,8 +311,8 @@ def reference_for_coach(episode: Episode) -> str:
         f" ({o.get('reason')})" if o.get("reason") else "") + (f"; {metrics}" if metrics else "")
 
 
-def grade(episode: Episode, agents: tuple[Agent, ...]) -> None:
-    """The outcome: sets episode.answer / .correct (math), or .outcome and .correct (data)."""
+def grade(episode: Episode, agents: tuple[Agent, ...], backend: str = "fast") -> None:
+    """The outcome: sets episode.answer / .correct (math, `--grader` backend), or .outcome and .correct (data)."""
     if episode.workdir is not None:  # data task: score the submission the analyst wrote
         from pathlib import Path
 
@@ -316,7 +323,7 @@ def grade(episode: Episode, agents: tuple[Agent, ...]) -> None:
     from tasks import grader
     final = episode.final_action(agents[-1].name)
     episode.answer = grader.extract_boxed(final.text) if final else None
-    episode.correct = grader.is_equiv(episode.answer, episode.task.answer)
+    episode.correct = grader.is_equiv(episode.answer, episode.task.answer, backend)
 
 
 def assign_rewards(episodes: list[Episode], mode: str = "process", outcome_weight: float = 0.5) -> None:

@@ -97,29 +97,65 @@ def pad_left(seqs: list[list[int]], pad_id: int, device) -> tuple[torch.Tensor, 
     return ids.to(device), mask.to(device)
 
 
+# Every field of transformers' GenerationConfig that adds a logits processor or warper, at the value
+# that adds none. A field left unset is filled from the model's own generation_config (Qwen's sets
+# top_k/top_p/repetition_penalty; others min_p, no_repeat_ngram_size, ...), which would sample from
+# another distribution than the plain softmax whose log-probs the update uses (off-policy, silently).
+# The ones whose neutral value is None cannot be set here; plain_sampling() blanks the model's
+# config during the call so nothing is filled in.
+NEUTRAL_SAMPLING = dict(top_k=0, top_p=1.0, min_p=None, top_h=None, typical_p=1.0, epsilon_cutoff=0.0,
+                        eta_cutoff=0.0, repetition_penalty=1.0, encoder_repetition_penalty=1.0,
+                        no_repeat_ngram_size=0, encoder_no_repeat_ngram_size=0, bad_words_ids=None,
+                        min_new_tokens=0, forced_bos_token_id=None, forced_eos_token_id=None,
+                        remove_invalid_values=False, exponential_decay_length_penalty=None,
+                        suppress_tokens=None, begin_suppress_tokens=None, sequence_bias=None,
+                        guidance_scale=None, watermarking_config=None, renormalize_logits=False,
+                        num_beams=1, num_return_sequences=1)
+
+
+def sampling_kwargs(temperature: float, max_new_tokens: int) -> dict:
+    """GenerationConfig fields for sampling from exactly softmax(logits / temperature) (greedy at 0)."""
+    return dict(NEUTRAL_SAMPLING, max_new_tokens=max_new_tokens, do_sample=temperature > 0,
+                temperature=temperature or 1.0)
+
+
+@contextmanager
+def plain_sampling(model):
+    """During the block the model's own generation_config is blank, so generate() fills nothing
+    from it (transformers fills every unset field from it, see GenerationMixin._prepare_generation_config)."""
+    from transformers import GenerationConfig
+
+    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
+    saved = inner.generation_config
+    inner.generation_config = GenerationConfig()
+    try:
+        yield
+    finally:
+        inner.generation_config = saved
+
+
 @torch.no_grad()
 def generate(model, tokenizer, prompts: list[list[int]], max_new_tokens: int, temperature: float,
              batch_size: int) -> list[tuple[list[int], bool]]:
     """Sample one action per prompt, batched. Returns [(action_ids, truncated)] in prompt order.
 
-    Sampling is from the model's plain softmax at `temperature` (no top-k/top-p, no repetition
-    penalty from the model's generation config), so the update's log-probs are the true policy's.
+    Sampling is from the model's plain softmax at `temperature` (`sampling_kwargs`, `plain_sampling`:
+    nothing from the model's generation config), so the update's log-probs are the true policy's.
     Prompts are sorted by length before chunking, which cuts padding.
     """
     from transformers import GenerationConfig
 
     stops = stop_ids(model, tokenizer)
-    gen_config = GenerationConfig(
-        max_new_tokens=max_new_tokens, do_sample=temperature > 0, temperature=temperature or 1.0,
-        top_k=0, top_p=1.0, repetition_penalty=1.0, eos_token_id=sorted(stops),
-        pad_token_id=tokenizer.pad_token_id)
+    gen_config = GenerationConfig(**sampling_kwargs(temperature, max_new_tokens), eos_token_id=sorted(stops),
+                                  pad_token_id=tokenizer.pad_token_id)
     model.eval()  # KV cache on, no dropout, no gradient checkpointing
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
     results: list[tuple[list[int], bool]] = [([], True)] * len(prompts)
     for start in range(0, len(order), batch_size):
         chunk = order[start:start + batch_size]
         ids, mask = pad_left([prompts[i] for i in chunk], tokenizer.pad_token_id, model.device)
-        out = model.generate(input_ids=ids, attention_mask=mask, generation_config=gen_config)
+        with plain_sampling(model):
+            out = model.generate(input_ids=ids, attention_mask=mask, generation_config=gen_config)
         for i, row in zip(chunk, out[:, ids.shape[1]:].tolist()):
             end = next((t for t, tok in enumerate(row) if tok in stops), None)
             results[i] = (row[:end + 1], False) if end is not None else (row, True)
@@ -142,7 +178,7 @@ def rollout(model, tokenizer, agents: tuple[Agent, ...], episodes: list[Episode]
         if ep.workdir:
             ep.start_files = workspace_files(ep.workdir)
     for agent in agents:
-        budget = min(max_new_tokens, agent.max_new_tokens)
+        budget = max_new_tokens if agent.max_new_tokens is None else min(max_new_tokens, agent.max_new_tokens)
         convs = {}
         for ep in live(episodes):
             with episode_guard(ep, agent.name):

@@ -20,8 +20,9 @@ def mean(xs) -> float:
     return sum(xs) / len(xs) if xs else float("nan")
 
 
-def rollout_metrics(episodes: list[Episode], agents) -> dict:
-    """Per-agent action statistics and episode accuracy of one rollout batch."""
+def rollout_metrics(episodes: list[Episode], agents, coached: bool = True) -> dict:
+    """Per-agent action statistics and episode accuracy of one rollout batch. coached=False (the coach
+    did not run: --reward outcome, in-training eval) leaves out score_mean and unscored."""
     m = {"episode/accuracy": mean([float(bool(ep.correct)) for ep in episodes]),
          "episode/count": len(episodes)}
     if episodes and episodes[0].workdir is not None:  # data task: success rate, metric means, fair means
@@ -31,13 +32,19 @@ def rollout_metrics(episodes: list[Episode], agents) -> dict:
         p = agent.name + "/"
         m[p + "actions"] = len(acts)
         m[p + "reward_mean"] = mean([a.reward for a in acts])
-        m[p + "score_mean"] = mean([a.score for a in acts])
-        m[p + "unscored"] = sum(a.score is None for a in acts)
+        if coached:
+            m[p + "score_mean"] = mean([a.score for a in acts])
+            m[p + "unscored"] = sum(a.score is None for a in acts)
         m[p + "length"] = mean([len(a.action_ids) for a in acts])
         m[p + "truncated"] = mean([float(a.truncated) for a in acts])
         if agent.uses_code:
             m[p + "tool_use"] = mean([float(a.tool_status is not None) for a in acts])
     return m
+
+
+def json_safe(metrics: dict) -> dict:
+    """NaN and infinities become null: bare NaN is not JSON (json.dumps writes it; strict readers fail)."""
+    return {k: None if isinstance(v, float) and not math.isfinite(v) else v for k, v in metrics.items()}
 
 
 def format_table(metrics: dict, agents) -> str:
@@ -90,7 +97,7 @@ class RunLog:
 
     def log(self, metrics: dict, episodes: list[Episode]) -> None:
         with open(self.run_dir / "metrics.jsonl", "a") as f:
-            f.write(json.dumps(metrics) + "\n")
+            f.write(json.dumps(json_safe(metrics), allow_nan=False) + "\n")
         with open(self.run_dir / "samples.jsonl", "a") as f:
             for ep in episodes[:self.n_samples]:
                 f.write(json.dumps(episode_record(ep, metrics["step"])) + "\n")

@@ -6,6 +6,7 @@
 Each step: tasks -> the agents act (rollout) -> the grader and the coach score every action ->
 advantages per agent -> one update per agent on its own adapter -> log -> checkpoint (and eval).
 """
+import functools
 import json
 import math
 import random
@@ -39,6 +40,7 @@ def train(cfg: Config, *, coach=None, agents=None, tasks=None, grader=grade, qui
     """
     # Every input is checked before anything is written: a typo never costs a run.
     agents = agents or PIPELINES[cfg.task]
+    grader = functools.partial(grade, backend=cfg.grader) if grader is grade else grader  # --grader
     device = dist.init(cfg.device)  # data parallel (dist.py): joins the launcher's process group; alone a no-op
     run_dir, resuming = dist.on_main(checkpoint.check_run_dir, cfg)  # rank 0 decides, every rank agrees
     cfg.out_dir = cfg.out_dir or str(run_dir)
@@ -51,7 +53,8 @@ def train(cfg: Config, *, coach=None, agents=None, tasks=None, grader=grade, qui
     dist.on_main(checkpoint.start_run_dir, cfg, run_dir, fresh=resuming is None)  # rank 0 writes
     if cfg.gradient_checkpointing:  # only active in train mode, i.e. in the update, never in rollouts
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    optimizers, schedulers = make_optimizers(model, agents, cfg.lr, cfg.weight_decay, cfg.warmup_steps)
+    optimizers, schedulers = make_optimizers(model, agents, cfg.lr, cfg.weight_decay, cfg.warmup_steps,
+                                             (cfg.adam_beta1, cfg.adam_beta2), cfg.lr_schedule, planned_steps(cfg, agents))
     coach = CoachGuard(coach or make_coach(cfg, model, tokenizer, agents), cfg.max_unscored_steps)  # local base or --coach-url
     sampler = checkpoint.TaskSampler(train_tasks, cfg.seed)
     limits = sandbox.Limits(timeout_s=cfg.code_timeout, memory_mb=cfg.code_memory_mb)
@@ -97,7 +100,7 @@ def train(cfg: Config, *, coach=None, agents=None, tasks=None, grader=grade, qui
         t_coach = time.perf_counter()
         # 3. each agent learns from its own actions only, on its own adapter and optimiser
         metrics = {"step": step, "episode/dropped": dist.sum_float(len(batch) - len(episodes))} \
-            | rollout_metrics(dist.gather_episodes(episodes), agents)  # the global batch
+            | rollout_metrics(dist.gather_episodes(episodes), agents, coached=cfg.reward != "outcome")  # global batch
         for agent in agents:
             actions = [a for ep in episodes for a in ep.actions if a.agent == agent.name]
             stats = update_agent(model, agent.name, actions, optimizers[agent.name], cfg, schedulers[agent.name])
@@ -131,8 +134,9 @@ def update_agent(model, name: str, actions: list[Action], optimizer, cfg: Config
     the same model: adapter on, then all adapters off. Returns metrics for the log.
     """
     train_on = [a for a in actions if a.reward is not None and not a.truncated]
-    stats = {"trained": len(train_on), "loss": float("nan"), "kl": float("nan"), "clip_frac": float("nan"),
-             "grad_norm": float("nan"), "skipped": 0, "lr": optimizer.param_groups[0]["lr"]}
+    stats = {"trained": len(train_on), "tokens": 0, "loss": float("nan"), "kl": float("nan"),
+             "clip_frac": float("nan"), "grad_norm": float("nan"), "skipped": 0, "no_signal": float("nan"),
+             "lr": optimizer.param_groups[0]["lr"]}
     if not train_on and not dist.active():  # data parallel: a rank with none still joins every collective
         return stats
     T = max((len(a.action_ids) for a in train_on), default=1)
@@ -146,15 +150,14 @@ def update_agent(model, name: str, actions: list[Action], optimizer, cfg: Config
             logp_ref = action_logprobs(model, train_on, T, cfg.micro_batch_size, cfg.temperature)
     kl = rl.kl_k1(logp_old, logp_ref)
     rewards = torch.tensor([a.reward for a in train_on])
-    returns = rl.returns_to_go(rl.token_rewards(rewards, kl, mask, cfg.beta), mask)
-    moments = dist.all_sum(rl.masked_moments(returns, mask))  # data parallel: the GLOBAL batch's baseline
-    if moments[2] == 0:  # no rank has an action of this agent to train on
+    advantages, stats["no_signal"] = compute_advantages(rewards, kl, mask, cfg)
+    if advantages is None:  # no rank has an action of this agent to train on
         return stats
-    advantages = rl.normalize_advantages(returns, mask, moments)
-    stats["kl"] = ((kl * mask).sum() / mask.sum()).item()
+    stats["tokens"] = int(mask.sum().item())
+    stats["kl"] = ((kl * mask).sum() / mask.sum()).item() if stats["tokens"] else float("nan")
 
     params = adapter_parameters(model, name)
-    losses, clips, norms = [], [], []
+    losses, clipped, seen, norms = [], 0.0, 0.0, []
     model.train()
     with acting_as(model, name):
         # data parallel: every rank takes the same number of steps; one with fewer actions adds zero grads
@@ -163,16 +166,21 @@ def update_agent(model, name: str, actions: list[Action], optimizer, cfg: Config
             order = torch.randperm(len(train_on)).tolist()
             for mb_start in range(0, n_steps * cfg.minibatch_size, cfg.minibatch_size):
                 mb = order[mb_start:mb_start + cfg.minibatch_size]
-                n_tokens = dist.sum_float(mask[mb].sum().item())  # token mean over the global minibatch
+                # the loss is a mean over the GLOBAL minibatch: its tokens, or its actions (--loss-mean)
+                n_tokens, n_actions = dist.sum_float(mask[mb].sum().item()), dist.sum_float(float(len(mb)))
                 optimizer.zero_grad(set_to_none=True)
+                mb_loss = 0.0
                 for mc_start in range(0, len(mb), cfg.micro_batch_size):
                     mc = mb[mc_start:mc_start + cfg.micro_batch_size]
                     logp = action_logprobs(model, [train_on[i] for i in mc], T, len(mc), cfg.temperature)
+                    weights = rl.loss_weights(mask[mc], cfg.loss_mean, n_tokens, n_actions)
                     loss, clip_frac = rl.clipped_policy_loss(logp, logp_old[mc], advantages[mc], mask[mc],
-                                                             cfg.clip_eps, n_tokens)
+                                                             cfg.clip_eps, weights=weights)
                     loss.backward()
-                    losses.append(loss.item())
-                    clips.append(clip_frac.item())
+                    mb_loss += loss.item()
+                    clipped += clip_frac.item() * mask[mc].sum().item()
+                    seen += mask[mc].sum().item()
+                losses.append(mb_loss)  # this rank's share of the minibatch's loss
                 dist.sum_grads(params)  # data parallel: identical summed grads -> identical clip and step
                 norm = torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
                 if not torch.isfinite(norm):  # a non-finite loss or gradient: skip this step, count it
@@ -184,8 +192,27 @@ def update_agent(model, name: str, actions: list[Action], optimizer, cfg: Config
                     scheduler.step()
                 norms.append(norm.item())
     model.eval()
-    stats.update(loss=sum(losses), clip_frac=float(np.mean(clips)) if clips else float("nan"), grad_norm=float(np.mean(norms)) if norms else float("nan"))
+    stats.update(loss=float(np.mean(losses)) if losses else float("nan"),
+                 clip_frac=clipped / seen if seen else float("nan"),
+                 grad_norm=float(np.mean(norms)) if norms else float("nan"))
     return stats
+
+
+def compute_advantages(rewards: torch.Tensor, kl: torch.Tensor, mask: torch.Tensor, cfg: Config):
+    """(advantages [B, T], no_signal 1.0/0.0) per --advantage, whitened with the moments of the
+    global batch (data parallel: summed over ranks); (None, nan) when no rank has a token.
+
+    no_signal (logged in both forms): the batch's reward std is below --min-reward-std; the paper's
+    form still takes a full-size step then, the guarded form only the -beta*KL pull."""
+    reward_moments = dist.all_sum(rl.masked_moments(rl.reward_returns(rewards, mask), mask))
+    if reward_moments[2] == 0:
+        return None, float("nan")
+    flag = float(rl.no_signal(reward_moments, cfg.min_reward_std))
+    if cfg.advantage == "guarded":
+        return rl.guarded_advantages(rewards, kl, mask, cfg.beta, reward_moments, cfg.min_reward_std), flag
+    returns = rl.returns_to_go(rl.token_rewards(rewards, kl, mask, cfg.beta), mask)
+    moments = dist.all_sum(rl.masked_moments(returns, mask))  # data parallel: the GLOBAL batch's baseline
+    return rl.normalize_advantages(returns, mask, moments), flag
 
 
 def action_logprobs(model, actions: list[Action], T: int, micro_batch: int, temperature: float) -> torch.Tensor:
@@ -239,6 +266,15 @@ def interrupted(cfg: Config | None) -> str:
     if not done:
         return f"interrupted at step {at}, before the first checkpoint; start again: --out-dir {run_dir} --overwrite"
     return f"interrupted at step {at}; resume with: python train.py --resume {run_dir} (from {done[-1].name})"
+
+
+def planned_steps(cfg: Config, agents) -> dict[str, int]:
+    """Each agent's optimiser steps over the run, for --lr-schedule cosine: --steps x --ppo-epochs x
+    minibatches of its actions per step, counting every action it may take (an upper bound: an agent
+    that acts less often ends above 0.1 x lr)."""
+    per_step = cfg.problems_per_step * cfg.samples_per_problem
+    return {a.name: cfg.steps * cfg.ppo_epochs * math.ceil(per_step * a.max_actions / cfg.minibatch_size)
+            for a in agents}
 
 
 def seed_everything(seed: int) -> None:

@@ -1,5 +1,6 @@
 """The real command lines, as a user runs them: train the tiny preset, then evaluate the run."""
 import json
+import re
 import subprocess
 import sys
 
@@ -33,6 +34,34 @@ def test_tiny_training_run_writes_a_complete_run_folder(tiny_run):
     assert (out / "samples.jsonl").read_text().count("\n") == 2 * config["log_samples"]
 
 
+def readme_metric_rows() -> list[tuple[list[str], str]]:
+    """(keys, when logged) of each row of the README's metric table."""
+    section = (ROOT / "README.md").read_text().split("Metric keys in metrics.jsonl", 1)[1].split("\n## ", 1)[0]
+    rows = [line.split(" | ") for line in section.splitlines() if line.startswith("| `")]
+    return [(re.findall(r"`([^`]+)`", cells[0]), cells[1].strip()) for cells in rows]
+
+
+def test_the_readme_metric_table_is_exactly_what_a_run_logs(tiny_run):
+    """Every key of the table is in a tiny (math, process reward) run's metrics.jsonl, and every key
+    there is in the table; data/ and eval/ rows are prefixes (other runs), checked as such."""
+    from agents import MATH
+    out, _ = tiny_run
+    strict = lambda constant: pytest.fail(f"bare {constant} in metrics.jsonl")  # noqa: E731
+    lines = [json.loads(line, parse_constant=strict) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    emitted = set().union(*lines)
+    want, prefixes = set(), []
+    for keys, when in readme_metric_rows():
+        for key in keys:
+            if key.endswith("/<key>"):
+                prefixes.append(key[:-len("<key>")])
+                continue
+            agents = [a for a in MATH if a.uses_code] if when == "code agents" else MATH
+            want |= {key.replace("<a>", a.name) for a in agents} if "<a>" in key else {key}
+    assert prefixes == ["data/", "eval/"]
+    assert want - emitted == set(), "in the README's table but never logged"
+    assert {k for k in emitted - want if not k.startswith(tuple(prefixes))} == set(), "logged but not in the table"
+
+
 def test_saved_adapters_load_with_plain_peft(tiny_run):
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
@@ -61,6 +90,7 @@ def test_eval_prints_a_table_and_writes_eval_json(tiny_run):
     (["--lr", "abc"], "invalid float value"),
     (["--lr", "-1"], "--lr must be > 0"),
     (["--temperature", "-0.5"], "--temperature must be > 0"),
+    (["--temperature", "0"], "--temperature must be > 0"),
     (["--task", "chess"], "invalid choice"),
 ])
 def test_bad_flags_fail_with_one_line_and_exit_code_2(args, message, tmp_path):

@@ -71,6 +71,31 @@ def test_summary_accuracy_judge_format_and_task_types():
     assert out["tasks"][0] == {"id": "a", "correct": [True, False], "answers": ["5", None]}
 
 
+def test_without_a_coach_the_summary_and_the_rollout_metrics_have_no_coach_keys():
+    """In-training eval (--eval-every) and --reward outcome run no coach: no action is 'unscored',
+    no coach/* NaN -- the keys are left out."""
+    from runlog import rollout_metrics
+    a = Problem("a", "A?", "5")
+    eps = [episode(a, True, [None, None, None]), episode(a, False, [None, None, None], boxed=False)]
+    s = evaluation.summarize(eps, MATH, k=2, coached=False)["summary"]
+    assert not [k for k in s if k.startswith("coach/") or k.endswith(("/unscored", "/score_mean"))], s
+    assert s["avg@2"] == 0.5 and s["solver/length"] > 0 and s["executor/tool_use"] == 1.0
+    m = rollout_metrics(eps, MATH, coached=False)
+    assert "solver/unscored" not in m and "solver/score_mean" not in m and m["solver/actions"] == 2
+    assert rollout_metrics(eps, MATH)["solver/unscored"] == 2  # with a coach, unscored is counted
+
+
+def test_metrics_jsonl_holds_null_never_bare_nan(tmp_path):
+    from runlog import RunLog
+    RunLog(tmp_path, MATH, n_samples=0, quiet=True).log(
+        {"step": 1, "solver/kl": float("nan"), "solver/loss": float("inf"), "solver/trained": 0, "x": 0.5}, [])
+    line = (tmp_path / "metrics.jsonl").read_text()
+    strict = lambda constant: pytest.fail(f"bare {constant} in metrics.jsonl")  # noqa: E731
+    assert json.loads(line, parse_constant=strict) == {"step": 1, "solver/kl": None, "solver/loss": None,
+                                                        "solver/trained": 0, "x": 0.5}
+    assert viewer.training_curves([json.loads(line)])["reward (0-1)"] == {}  # the viewer reads null as no point
+
+
 def test_judge_auc_counts_ties_half_and_is_nan_without_both_outcomes():
     t = Problem("t", "T?", "5")
     m = evaluation.judge_metrics([episode(t, True, [0, 0, 6]), episode(t, False, [0, 0, 6])], "verifier")

@@ -57,6 +57,26 @@ def test_unscored_and_truncated_actions_get_no_update(policy):
     assert all(torch.equal(before[n], p) for n, p in model.named_parameters())
 
 
+def test_a_batch_without_signal_takes_a_full_step_in_the_paper_form_and_only_the_kl_pull_guarded(policy):
+    """Equal rewards: the paper's form whitens -beta*KL up to unit-variance advantages (a full-size
+    step); the guarded form keeps -beta*KL unscaled (a step ~beta times smaller) and logs no_signal."""
+    tokenizer, model = policy
+    actions = make_actions(tokenizer, model, "solver")
+    for a in actions:
+        a.reward, a.truncated = 0.5, False
+    norms = {}
+    for form in ("paper", "guarded"):
+        optimizers, _ = make_optimizers(model, MATH, lr=1e-9)  # (almost) no move: both forms see the same policy
+        stats = update_agent(model, "solver", actions, optimizers["solver"], tiny_cfg(advantage=form, beta=0.01))
+        assert stats["no_signal"] == 1.0 and stats["trained"] == len(actions)
+        norms[form] = stats["grad_norm"]
+    assert norms["guarded"] < 0.05 * norms["paper"], norms
+    actions[0].reward = 1.0  # a real difference: signal in both forms
+    stats = update_agent(model, "solver", actions, make_optimizers(model, MATH, lr=1e-9)[0]["solver"],
+                         tiny_cfg(advantage="guarded"))
+    assert stats["no_signal"] == 0.0 and stats["grad_norm"] > norms["guarded"]
+
+
 @pytest.mark.parametrize("four_bit", [False, True])
 def test_coach_logits_equal_the_base_model(four_bit):
     tokenizer, base = load_base("tiny", load_in_4bit=four_bit, device="cpu")
@@ -157,6 +177,15 @@ def test_one_optimiser_per_adapter_owning_only_its_parameters(policy):
     assert all(owned[a.name] for a in MATH)
     assert not (owned["solver"] & owned["executor"]) and not (owned["executor"] & owned["verifier"])
     assert owned["solver"] == {id(p) for p in agents.adapter_parameters(model, "solver")}
+    optimizers, schedulers = make_optimizers(model, MATH, lr=1e-3, warmup_steps=1, betas=(0.9, 0.95),
+                                             schedule="cosine", total_steps={"solver": 3, "executor": 5, "verifier": 5})
+    assert optimizers["solver"].param_groups[0]["betas"] == (0.9, 0.95)
+    lrs = []
+    for _ in range(4):
+        lrs.append(optimizers["solver"].param_groups[0]["lr"])
+        optimizers["solver"].step()
+        schedulers["solver"].step()
+    assert lrs == pytest.approx([5e-4, 1e-3, 5.5e-4, 1e-4])  # warm-up, then cosine to 0.1 x lr at step 3
 
 
 def test_adapters_as_a_run_saves_them_load_back_per_agent(policy, tmp_path):

@@ -9,11 +9,18 @@ from rollout import Action, Episode, render
 from tasks.problems import Problem
 
 
+# The rule (README, "The coach's score line"): the FIRST score line with a number decides, as the
+# paper's code does; a score outside 0..10 is unscored (None), never clamped.
 @pytest.mark.parametrize("text, want", [
-    ("Good work.\nPROCESS_SCORE: 7", 7.0), ("PROCESS_SCORE: 7.5", 7.5), ("process_score: 11", 10.0),
-    ("PROCESS_SCORE: -3", 0.0), ("PROCESS_SCORE: 2 ... on reflection PROCESS_SCORE: 9", 9.0),
-    ("PROCESS_SCORE: **8**", 8.0), ("PROCESS_SCORE=4", 4.0), ("no score here", None), ("", None),
-    ("PROCESS_SCORE: high", None),
+    ("Good work.\nPROCESS_SCORE: 7", 7.0), ("PROCESS_SCORE: 7.5", 7.5), ("PROCESS_SCORE=4", 4.0),
+    ("**PROCESS_SCORE**: 8", 8.0), ("PROCESS_SCORE: **8**", 8.0), ("Process Score: 7", 7.0),
+    ("PROCESS_SCORE: [7]", 7.0), ("process_score: (6)", 6.0), ("PROCESS_SCORE: 7/10", 7.0),
+    ("PROCESS_SCORE: 0", 0.0), ("PROCESS_SCORE: 10", 10.0),
+    ("PROCESS_SCORE: 2 ... on reflection PROCESS_SCORE: 9", 2.0),  # the first line wins
+    ("Format: PROCESS_SCORE: <integer from 0 to 10>\nPROCESS_SCORE: 6", 6.0),  # a line without a number is no score line
+    ("PROCESS_SCORE: -3", None), ("PROCESS_SCORE: \u22122", None), ("process_score: 11", None),
+    ("PROCESS_SCORE: -1 then PROCESS_SCORE: 5", None),  # the first line decides, even out of range
+    ("no score here", None), ("", None), ("PROCESS_SCORE: high", None), (None, None),
 ])
 def test_parse_score(text, want):
     assert parse_score(text) == want

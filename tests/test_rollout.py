@@ -92,3 +92,66 @@ def test_templates_without_tool_or_system_roles_fold_them_into_user_turns(policy
                                              {"role": "assistant", "content": "A"}, {"role": "tool", "content": "OUT"}])
     text = tokenizer.decode(ids)
     assert "ROLE\n\nQ" in text and "Tool output:\nOUT" in text
+
+
+def test_max_new_tokens_flag_wins_over_the_agents_default(policy, monkeypatch):
+    """The paper used 4096 new tokens; an agent's own cap (None by default) must not cut it to 1024."""
+    import dataclasses
+    tokenizer, model = policy
+    budgets = {}
+
+    def fake_generate(model_, tokenizer_, prompts, max_new_tokens, temperature, batch_size):
+        budgets[model_.active_adapter] = max_new_tokens
+        return [([tokenizer.eos_token_id], False)] * len(prompts)
+
+    monkeypatch.setattr(rollout, "generate", fake_generate)
+    capped = (MATH[0], dataclasses.replace(MATH[1], max_new_tokens=100), MATH[2])  # an explicit per-agent cap
+    episodes = [Episode(Problem("p", "What is 2 + 3?", "5"), "What is 2 + 3?")]
+    rollout.rollout(model, tokenizer, capped, episodes, temperature=1.0, max_new_tokens=3000, batch_size=8,
+                    limits=sandbox.Limits(timeout_s=5))
+    assert budgets == {"solver": 3000, "executor": 100, "verifier": 3000}
+    assert all(a.max_new_tokens is None for a in MATH)
+
+
+def test_sampling_ignores_the_models_generation_config(policy):
+    """A model whose generation_config sets min_p, no_repeat_ngram_size, top_k, a repetition penalty
+    and a forced EOS must still sample from softmax(logits / T): generate's processed scores equal
+    the raw logits / T at every step, its samples equal a clean model's, and the update's log-probs
+    (train.action_logprobs) equal log_softmax of those scores at the sampled tokens."""
+    import torch
+    from transformers import GenerationConfig
+
+    from agents import acting_as
+    from train import action_logprobs
+    tokenizer, model = policy
+    inner = model.get_base_model()
+    prompts = [render(tokenizer, [{"role": "user", "content": "x" * n}]) for n in (3, 11)]
+    with acting_as(model, "solver"):
+        torch.manual_seed(0)
+        clean = rollout.generate(model, tokenizer, prompts, 16, 0.7, 2)
+        polluted = GenerationConfig(min_p=0.3, no_repeat_ngram_size=1, top_k=2, repetition_penalty=1.5,
+                                    forced_eos_token_id=tokenizer.eos_token_id, max_length=60,
+                                    eos_token_id=inner.generation_config.eos_token_id,
+                                    pad_token_id=tokenizer.pad_token_id)
+        inner.generation_config = polluted
+        torch.manual_seed(0)
+        assert rollout.generate(model, tokenizer, prompts, 16, 0.7, 2) == clean
+        assert inner.generation_config is polluted  # put back after the call
+        ids, mask = rollout.pad_left(prompts, tokenizer.pad_token_id, model.device)
+        config = GenerationConfig(**rollout.sampling_kwargs(0.7, 16), pad_token_id=tokenizer.pad_token_id,
+                                  eos_token_id=[], output_scores=True, output_logits=True, return_dict_in_generate=True)
+        with rollout.plain_sampling(model):
+            out = model.generate(input_ids=ids, attention_mask=mask, generation_config=config)
+        for scores, logits in zip(out.scores, out.logits):
+            assert torch.allclose(scores, logits / 0.7, atol=1e-6)  # no processor touched them
+        # without plain_sampling the model's config leaks in: the control that gives this test teeth
+        leaky = model.generate(input_ids=ids, attention_mask=mask, generation_config=config)
+        assert any(not torch.allclose(s, lg / 0.7) for s, lg in zip(leaky.scores, leaky.logits))
+        sampled = out.sequences[:, ids.shape[1]:]
+        from_generate = torch.stack([torch.log_softmax(s, -1).gather(-1, sampled[:, t:t + 1]).squeeze(-1)
+                                     for t, s in enumerate(out.scores)], 1)
+        actions = [rollout.Action("solver", 0, [], p, sampled[i].tolist(), "", False) for i, p in enumerate(prompts)]
+        model.eval()
+        with torch.no_grad():
+            update = action_logprobs(model, actions, sampled.shape[1], 2, 0.7)
+    assert torch.allclose(update, from_generate, atol=1e-4)
