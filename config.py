@@ -28,7 +28,7 @@ class Config:
     task: str = opt("math", "pipeline: math (solver -> executor -> verifier) or data", ("math", "data"))
     preset: str = opt("", "tiny: a tiny random model on CPU, the whole loop in minutes", ("", "tiny"))
     model: str = opt("Qwen/Qwen2.5-1.5B-Instruct", "Hub name or local folder of the shared base model ('tiny' builds one offline)")
-    data: str = opt("builtin", "training tasks: builtin, a .json/.jsonl file or a Hub dataset (math); builtin or a task folder (data)")
+    data: str = opt("builtin", "training tasks: builtin, a .json/.jsonl/.parquet/.csv file, a saved-dataset folder or a Hub dataset (math); builtin or a task folder (data)")
     eval_data: str = opt("builtin", "held-out tasks for evaluation, same forms as --data")
     load_in_4bit: typing.Optional[bool] = opt(None, "load the base in 4-bit NF4 (QLoRA); default: on when CUDA is available")
     device: str = opt("auto", "auto, cpu, cuda or cuda:N")

@@ -192,7 +192,7 @@ def parse_eval_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--k", type=int, default=4, help="samples per task (avg@k, pass@k)")
     p.add_argument("--temperature", type=float, default=0.6, help="sampling temperature (paper: 0.6)")
     p.add_argument("--limit", type=int, default=None, help="evaluate the first N tasks only")
-    p.add_argument("--data", default=None, help="held-out tasks: builtin, a .json/.jsonl file or a Hub dataset "
+    p.add_argument("--data", default=None, help="held-out tasks: builtin, a .json/.jsonl/.parquet/.csv file, a saved-dataset folder or a Hub dataset "
                    "(default: the run's --eval-data)")
     p.add_argument("--split", default=None, help="split of a Hub dataset (default: train; builtin: eval)")
     p.add_argument("--coach", action=argparse.BooleanOptionalAction, default=True, help="score actions with the coach")
