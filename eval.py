@@ -109,15 +109,18 @@ def judge_metrics(episodes: list[Episode], final: str, threshold: float = JUDGE_
     """The coach as a judge of the final agent's last action, against the grader's verdict.
 
     judge_accuracy: share of scored final actions with (score >= threshold) == correct.
-    judge_auc: P(a correct episode's score > a wrong one's), ties count half (Mann-Whitney U);
-    threshold-free, nan unless both outcomes occur. score_correct / score_wrong: mean scores.
+    judge_auc: P(a correct episode's score > a wrong one's), ties count half (Mann-Whitney U), i.e.
+    sklearn's roc_auc_score; naive: mean([r > w] + 0.5 [r == w] for r in right for w in wrong).
+    Threshold-free, nan unless both outcomes occur. score_correct / score_wrong: mean scores.
     """
     pairs = [(a.score, bool(ep.correct)) for ep in episodes
              if (a := ep.final_action(final)) is not None and a.score is not None]
     right = [s for s, ok in pairs if ok]
     wrong = [s for s, ok in pairs if not ok]
-    auc = mean([1.0 if r > w else 0.5 if r == w else 0.0 for r in right for w in wrong]) \
-        if right and wrong else float("nan")
+    auc = float("nan")
+    if right and wrong:  # sklearn's ROC AUC is this U statistic, by sorting: O(n log n), not pairwise
+        from sklearn.metrics import roc_auc_score
+        auc = float(roc_auc_score([ok for _, ok in pairs], [s for s, _ in pairs]))
     return {"coach/judge_accuracy": mean([float((s >= threshold) == ok) for s, ok in pairs]),
             "coach/judge_auc": auc, "coach/score_correct": mean(right), "coach/score_wrong": mean(wrong)}
 

@@ -40,6 +40,8 @@ def train(cfg: Config, *, coach=None, agents=None, tasks=None, grader=grade, qui
     device = dist.init(cfg.device)  # data parallel (dist.py): joins the launcher's process group; alone a no-op
     run_dir, resuming = dist.on_main(checkpoint.check_run_dir, cfg)  # rank 0 decides, every rank agrees
     cfg.out_dir = cfg.out_dir or str(run_dir)
+    if done := checkpoint.finished_message(run_dir, resuming, cfg.steps):  # nothing to do: say how to extend
+        return dist.on_main(print, done) or run_dir
     train_tasks = tasks if tasks is not None else load_tasks(cfg.task, cfg.data, "train")
     seed_everything(cfg.seed)
     tokenizer, base = load_base(cfg.model, cfg.load_in_4bit, device)
