@@ -8,6 +8,7 @@ Unknown flags, wrong types and out-of-range values fail with one line and exit c
 import argparse
 import dataclasses
 import json
+import os
 import sys
 import typing
 from dataclasses import dataclass, field
@@ -160,7 +161,21 @@ def parse_args(argv=None) -> Config:
     else:
         values = dict(PRESETS.get(given.get("preset", ""), {}))
     values.update(given)
+    if "resume" not in given:
+        absolute_paths(values)
     return validate(Config(**values))
+
+
+def absolute_paths(values: dict) -> dict:
+    """--model, --data and --eval-data that name a local file or folder, made absolute: config.json
+    (and every adapter_config.json, which takes the model's path) then work from any folder. The
+    built models ("tiny") stay names: eval rebuilds or finds them in the cache (tiny/)."""
+    from tiny import SIZES  # lazy: tiny imports torch
+    for key in ("model", "data", "eval_data"):
+        v = values.get(key)
+        if isinstance(v, str) and v not in ("builtin", *SIZES) and os.path.exists(os.path.expanduser(v)):
+            values[key] = os.path.abspath(os.path.expanduser(v))
+    return values
 
 
 def save_config(cfg: Config, path: Path) -> None:
