@@ -48,7 +48,7 @@ class Config:
     coach_batch_size: int = opt(16, "actions per batched coach pass")
     coach_sees_answer: bool = opt(True, "show the reference answer to the coach when it scores the final agent (paper: on)")
     coach_url: str = opt("", "OpenAI-compatible endpoint of a coach served elsewhere, e.g. http://localhost:8000/v1 (default: the local base, adapters off)")
-    coach_model: str = opt("", "model name the --coach-url endpoint serves")
+    coach_model: str = opt("", "model name the --coach-url endpoint serves (alone: the endpoint is $OPENAI_BASE_URL)")
     coach_api_key_env: str = opt("OPENAI_API_KEY", "environment variable holding the endpoint's API key (unset: no key is sent)")
     coach_concurrency: int = opt(16, "requests in flight at once to --coach-url")
     coach_timeout: float = opt(120.0, "seconds one request to --coach-url may take")
@@ -163,7 +163,22 @@ def parse_args(argv=None) -> Config:
     values.update(given)
     if "resume" not in given:
         absolute_paths(values)
+        coach_url_from_env(values)
     return validate(Config(**values))
+
+
+def coach_url_from_env(values: dict) -> dict:
+    """--coach-model without --coach-url opts in to $OPENAI_BASE_URL, the endpoint variable of the
+    openai client. Only then: a variable set for another tool never moves the coach off the local
+    base on its own. The URL is saved in config.json like a given --coach-url."""
+    if values.get("coach_model") and not values.get("coach_url"):
+        url = os.environ.get("OPENAI_BASE_URL", "")
+        if not url:
+            raise UserError("--coach-model names the model of an endpoint: pass --coach-url URL, or set "
+                            "OPENAI_BASE_URL (the openai client's variable)")
+        values["coach_url"] = url
+        print(f"coach: {url} (from OPENAI_BASE_URL), model {values['coach_model']}", file=sys.stderr)
+    return values
 
 
 def absolute_paths(values: dict) -> dict:
