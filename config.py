@@ -76,6 +76,8 @@ class Config:
     eval_every: int = opt(0, "evaluate on held-out tasks every N steps (0: off; use eval.py)")
     eval_problems: int = opt(32, "held-out tasks per evaluation")
     log_samples: int = opt(2, "sample episodes per step saved to samples.jsonl (eval.py show)")
+    report_to: str = opt("none", "also log metrics.jsonl's numbers to an experiment tracker", ("none", "tensorboard", "wandb", "trackio"))
+    threads: int = opt(0, "torch CPU threads (0: the idle cores this process may use, at least 1; see README Speed)")
     resume: str = opt("", "continue the run in this folder from its last checkpoint")
     overwrite: bool = opt(False, "allow starting a new run in a folder that already holds one")
 
@@ -107,6 +109,7 @@ def validate(cfg: Config) -> Config:
         (cfg.save_every >= 1 and cfg.keep_checkpoints >= 1, "--save-every and --keep-checkpoints must be >= 1"),
         (cfg.eval_every >= 0 and cfg.eval_problems >= 1 and cfg.log_samples >= 0, "--eval-every, --eval-problems, --log-samples out of range"),
         (cfg.coach_max_new_tokens >= 1, "--coach-max-new-tokens must be >= 1"),
+        (cfg.threads >= 0, "--threads must be >= 0 (0: chosen from the machine)"),
         (not cfg.coach_url or cfg.coach_url.startswith(("http://", "https://")), "--coach-url must start with http:// or https://"),
         (not cfg.coach_url or cfg.coach_model, "--coach-url needs --coach-model (the model name the endpoint serves)"),
         (not cfg.coach_url or cfg.coach == "generate", "a --coach-url coach writes its score (no logits): pass --coach generate"),
@@ -143,7 +146,7 @@ def build_parser(cls=Config, description: str = "") -> argparse.ArgumentParser:
 
 # What may change when a run is resumed (bookkeeping, and where the same coach is served from):
 # everything else would make the resumed run a different run.
-RESUME_FLAGS = {"resume", "steps", "save_every", "keep_checkpoints", "eval_every", "log_samples",
+RESUME_FLAGS = {"resume", "steps", "save_every", "keep_checkpoints", "eval_every", "log_samples", "report_to", "threads",
                 "coach_url", "coach_api_key_env", "coach_concurrency", "coach_timeout", "coach_retries"}
 
 

@@ -186,7 +186,7 @@ def test_resume_extends_a_finished_run_and_refuses_changed_settings(tmp_path, ca
     run_dir = tmp_path / "run"
     train.main(["--preset", "tiny", "--steps", "1", "--problems-per-step", "1", "--samples-per-problem", "1",
                 "--out-dir", str(run_dir)])
-    capsys.readouterr()
+    assert "\r" not in capsys.readouterr().err  # not a terminal: no progress line
     with monkeypatch.context() as m:  # a finished run: says so and how to extend it; loads nothing
         m.setattr(train, "load_base", lambda *a, **k: pytest.fail("a finished run loaded the model"))
         train.main(["--resume", str(run_dir)])
