@@ -22,6 +22,7 @@ from pathlib import Path
 
 import torch
 
+import dist
 import sandbox
 from agents import PIPELINES, ModelLoadError, add_adapters, load_base
 from coach_api import make_coach
@@ -203,9 +204,10 @@ def parse_eval_args(argv: list[str]) -> argparse.Namespace:
                    help="coach mode (default: the run's); generate keeps the coach's rationale for show")
     p.add_argument("--seed", type=int, default=0, help="sampling seed (the same for every column)")
     p.add_argument("--task", choices=sorted(PIPELINES), default=None, help="check that the runs are of this task")
+    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: chosen from the machine, as train.py)")
     args = p.parse_args(argv)
-    if args.k < 1 or args.temperature < 0 or (args.limit is not None and args.limit < 1):
-        raise UserError("--k and --limit must be >= 1 and --temperature >= 0")
+    if args.k < 1 or args.temperature < 0 or (args.limit is not None and args.limit < 1) or args.threads < 0:
+        raise UserError("--k and --limit must be >= 1, --temperature and --threads >= 0")
     return args
 
 
@@ -272,6 +274,7 @@ def main(argv=None) -> None:
         return viewer.main(argv)
     try:
         args = parse_eval_args(argv)
+        torch.set_num_threads(args.threads or dist.default_threads())
         columns = plan_columns(args)
         results, loaded = {}, {}
         for name, run_dir, cfg, base in columns:

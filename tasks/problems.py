@@ -253,6 +253,7 @@ def _read_with_datasets(source: str, split: str, path: str) -> list[tuple[str, o
     with save_to_disk's files by ``load_from_disk`` (a DatasetDict: its ``split``, or its only one),
     any other folder or file by ``load_dataset``. Any failure -> DataError (one line)."""
     datasets = _load_datasets()
+    datasets.disable_progress_bars()  # a bar per tiny local file is noise next to the step table
     saved = os.path.isdir(path) and any(os.path.isfile(os.path.join(path, f))
                                          for f in ("dataset_dict.json", "state.json"))
     try:
