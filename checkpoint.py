@@ -54,7 +54,7 @@ def finished_message(run_dir: Path, ckpt: Path | None, steps: int) -> str | None
     if ckpt is None or int(STEP_DIR.match(ckpt.name).group(1)) < steps:
         return None
     done = int(STEP_DIR.match(ckpt.name).group(1))
-    return (f"{run_dir} is finished: its last checkpoint is step {done} of {steps}; to train further, "
+    return (f"{run_dir} is finished: its last checkpoint is step {done} (--steps {steps}); to train further, "
             f"pass more steps: python train.py --resume {run_dir} --steps {done + max(1, steps)}")
 
 

@@ -41,8 +41,9 @@ def train(cfg: Config, *, coach=None, agents=None, tasks=None, grader=grade, qui
     device = dist.init(cfg.device)  # data parallel (dist.py): joins the launcher's process group; alone a no-op
     run_dir, resuming = dist.on_main(checkpoint.check_run_dir, cfg)  # rank 0 decides, every rank agrees
     cfg.out_dir = cfg.out_dir or str(run_dir)
-    if done := checkpoint.finished_message(run_dir, resuming, cfg.steps):  # nothing to do: say how to extend
-        return dist.on_main(print, done) or run_dir
+    if finished := checkpoint.finished_message(run_dir, resuming, cfg.steps):  # nothing to do: say how to extend
+        dist.on_main(print, finished)
+        return run_dir
     if cfg.report_to != "none":
         tracker_module(cfg.report_to)  # a missing tracker package fails here, before the model loads
     train_tasks = tasks if tasks is not None else load_tasks(cfg.task, cfg.data, "train")
