@@ -68,6 +68,15 @@ def holds_run(run_dir: Path) -> bool:
     return (run_dir / "config.json").exists() and (bool(checkpoints(run_dir)) or file_size(metrics) > 0)
 
 
+def finished_message(run_dir: Path, ckpt: Path | None, steps: int) -> str | None:
+    """What to tell a user who resumes a run whose last checkpoint is already at --steps; else None."""
+    if ckpt is None or int(STEP_DIR.match(ckpt.name).group(1)) < steps:
+        return None
+    done = int(STEP_DIR.match(ckpt.name).group(1))
+    return (f"{run_dir} is finished: its last checkpoint is step {done} (--steps {steps}); to train further, "
+            f"pass more steps: python train.py --resume {run_dir} --steps {done + max(1, steps)}")
+
+
 def start_run_dir(cfg, run_dir: Path, fresh: bool) -> None:
     """Create the run folder and save the resolved config (a new run), after all inputs were checked."""
     from config import save_config

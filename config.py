@@ -9,6 +9,7 @@ import argparse
 import dataclasses
 import json
 import math
+import os
 import re
 import sys
 import typing
@@ -52,7 +53,7 @@ class Config:
     task: str = opt("math", "pipeline: math (solver -> executor -> verifier) or data", ("math", "data"))
     preset: str = opt("", "tiny: a tiny random model on CPU, the whole loop in minutes", ("", "tiny"))
     model: str = opt("Qwen/Qwen2.5-1.5B-Instruct", "Hub name or local folder of the shared base model ('tiny' builds one offline)")
-    data: str = opt("builtin", "training tasks: builtin, a .json/.jsonl file or a Hub dataset (math); builtin or a task folder (data)")
+    data: str = opt("builtin", "training tasks: builtin, a .json/.jsonl/.parquet/.csv file, a saved-dataset folder or a Hub dataset (math); builtin or a task folder (data)")
     eval_data: str = opt("builtin", "held-out tasks for evaluation, same forms as --data")
     load_in_4bit: typing.Optional[bool] = opt(None, "load the base in 4-bit NF4 (QLoRA); default: on when CUDA is available")
     device: str = opt("auto", "auto, cpu, cuda or cuda:N")
@@ -71,7 +72,7 @@ class Config:
     coach_batch_size: int = opt(16, "actions per batched coach pass", range=(1, 4096))
     coach_sees_answer: bool = opt(True, "show the reference answer to the coach when it scores the final agent (paper: on)")
     coach_url: str = opt("", "OpenAI-compatible endpoint of a coach served elsewhere, e.g. http://localhost:8000/v1 (default: the local base, adapters off)")
-    coach_model: str = opt("", "model name the --coach-url endpoint serves")
+    coach_model: str = opt("", "model name the --coach-url endpoint serves (alone: the endpoint is $OPENAI_BASE_URL)")
     coach_api_key_env: str = opt("OPENAI_API_KEY", "environment variable holding the endpoint's API key (unset: no key is sent)")
     coach_concurrency: int = opt(16, "requests in flight at once to --coach-url", range=(1, 1024))
     coach_timeout: float = opt(120.0, "seconds one request to --coach-url may take", range=(Above(0), 3600))
@@ -107,6 +108,8 @@ class Config:
     eval_every: int = opt(0, "evaluate on held-out tasks every N steps (0: off; use eval.py)", range=(0, 10_000_000))
     eval_problems: int = opt(32, "held-out tasks per evaluation", range=(1, 1_000_000))
     log_samples: int = opt(2, "sample episodes per step saved to samples.jsonl (eval.py show)", range=(0, 10_000))
+    report_to: str = opt("none", "also log metrics.jsonl's numbers to an experiment tracker", ("none", "tensorboard", "wandb", "trackio"))
+    threads: int = opt(0, "torch CPU threads (0: the idle cores this process may use, at least 1; see README Speed)", range=(0, 4096))
     resume: str = opt("", "continue the run in this folder from its last checkpoint")
     overwrite: bool = opt(False, "allow starting a new run in a folder that already holds one")
 
@@ -183,7 +186,7 @@ def build_parser(cls=Config, description: str = "") -> argparse.ArgumentParser:
 
 # What may change when a run is resumed (bookkeeping, and where the same coach is served from):
 # everything else would make the resumed run a different run.
-RESUME_FLAGS = {"resume", "steps", "save_every", "keep_checkpoints", "eval_every", "log_samples",
+RESUME_FLAGS = {"resume", "steps", "save_every", "keep_checkpoints", "eval_every", "log_samples", "report_to", "threads",
                 "coach_url", "coach_api_key_env", "coach_concurrency", "coach_timeout", "coach_retries"}
 
 
@@ -201,7 +204,36 @@ def parse_args(argv=None) -> Config:
     else:
         values = dict(PRESETS.get(given.get("preset", ""), {}))
     values.update(given)
+    if "resume" not in given:
+        absolute_paths(values)
+        coach_url_from_env(values)
     return validate(Config(**values))
+
+
+def coach_url_from_env(values: dict) -> dict:
+    """--coach-model without --coach-url opts in to $OPENAI_BASE_URL, the endpoint variable of the
+    openai client. Only then: a variable set for another tool never moves the coach off the local
+    base on its own. The URL is saved in config.json like a given --coach-url."""
+    if values.get("coach_model") and not values.get("coach_url"):
+        url = os.environ.get("OPENAI_BASE_URL", "")
+        if not url:
+            raise UserError("--coach-model names the model of an endpoint: pass --coach-url URL, or set "
+                            "OPENAI_BASE_URL (the openai client's variable)")
+        values["coach_url"] = url
+        print(f"coach: {url} (from OPENAI_BASE_URL), model {values['coach_model']}", file=sys.stderr)
+    return values
+
+
+def absolute_paths(values: dict) -> dict:
+    """--model, --data and --eval-data that name a local file or folder, made absolute: config.json
+    (and every adapter_config.json, which takes the model's path) then work from any folder. The
+    built models ("tiny") stay names: eval rebuilds or finds them in the cache (tiny/)."""
+    from tiny import SIZES  # lazy: tiny imports torch
+    for key in ("model", "data", "eval_data"):
+        v = values.get(key)
+        if isinstance(v, str) and v not in ("builtin", *SIZES) and os.path.exists(os.path.expanduser(v)):
+            values[key] = os.path.abspath(os.path.expanduser(v))
+    return values
 
 
 def save_config(cfg: Config, path: Path) -> None:

@@ -29,6 +29,21 @@ import torch.distributed as td
 TIMEOUT = timedelta(hours=2)
 
 
+def default_threads() -> int:
+    """torch CPU threads for this process when --threads is 0: $OMP_NUM_THREADS if set (the user's
+    choice), else the cores this process may run on (sched_getaffinity) that other jobs leave idle
+    (minus the 1-minute load average, rounded), capped at torch's default (the physical cores) and
+    shared among this machine's ranks ($LOCAL_WORLD_SIZE); at least 1. Why: torch's default threads
+    spin-wait for each other on cores other jobs hold; the tiny quick start's 2 steps took 126-193 s
+    that way on a busy 2-core machine, 46-50 s with one thread (issue 19)."""
+    if os.environ.get("OMP_NUM_THREADS", "").isdigit() and int(os.environ["OMP_NUM_THREADS"]) >= 1:
+        return int(os.environ["OMP_NUM_THREADS"])
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
+    idle = min(cores, torch.get_num_threads(), round(cores - load))
+    return max(1, idle // max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1"))))
+
+
 def active() -> bool:
     return td.is_available() and td.is_initialized() and td.get_world_size() > 1
 

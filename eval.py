@@ -24,6 +24,7 @@ from pathlib import Path
 import torch
 
 import checkpoint
+import dist
 import sandbox
 from agents import PIPELINES, ModelLoadError, add_adapters, load_base
 from coach_api import make_coach
@@ -113,15 +114,18 @@ def judge_metrics(episodes: list[Episode], final: str, threshold: float = JUDGE_
     """The coach as a judge of the final agent's last action, against the grader's verdict.
 
     judge_accuracy: share of scored final actions with (score >= threshold) == correct.
-    judge_auc: P(a correct episode's score > a wrong one's), ties count half (Mann-Whitney U);
-    threshold-free, nan unless both outcomes occur. score_correct / score_wrong: mean scores.
+    judge_auc: P(a correct episode's score > a wrong one's), ties count half (Mann-Whitney U), i.e.
+    sklearn's roc_auc_score; naive: mean([r > w] + 0.5 [r == w] for r in right for w in wrong).
+    Threshold-free, nan unless both outcomes occur. score_correct / score_wrong: mean scores.
     """
     pairs = [(a.score, bool(ep.correct)) for ep in episodes
              if (a := ep.final_action(final)) is not None and a.score is not None]
     right = [s for s, ok in pairs if ok]
     wrong = [s for s, ok in pairs if not ok]
-    auc = mean([1.0 if r > w else 0.5 if r == w else 0.0 for r in right for w in wrong]) \
-        if right and wrong else float("nan")
+    auc = float("nan")
+    if right and wrong:  # sklearn's ROC AUC is this U statistic, by sorting: O(n log n), not pairwise
+        from sklearn.metrics import roc_auc_score
+        auc = float(roc_auc_score([ok for _, ok in pairs], [s for s, _ in pairs]))
     return {"coach/judge_accuracy": mean([float((s >= threshold) == ok) for s, ok in pairs]),
             "coach/judge_auc": auc, "coach/score_correct": mean(right), "coach/score_wrong": mean(wrong)}
 
@@ -196,7 +200,7 @@ def parse_eval_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--k", type=int, default=4, help="samples per task (avg@k, pass@k)")
     p.add_argument("--temperature", type=float, default=0.6, help="sampling temperature (paper: 0.6)")
     p.add_argument("--limit", type=int, default=None, help="evaluate the first N tasks only")
-    p.add_argument("--data", default=None, help="held-out tasks: builtin, a .json/.jsonl file or a Hub dataset "
+    p.add_argument("--data", default=None, help="held-out tasks: builtin, a .json/.jsonl/.parquet/.csv file, a saved-dataset folder or a Hub dataset "
                    "(default: the run's --eval-data)")
     p.add_argument("--split", default=None, help="split of a Hub dataset (default: train; builtin: eval)")
     p.add_argument("--coach", action=argparse.BooleanOptionalAction, default=True, help="score actions with the coach")
@@ -204,12 +208,14 @@ def parse_eval_args(argv: list[str]) -> argparse.Namespace:
                    help="coach mode (default: the run's); generate keeps the coach's rationale for show")
     p.add_argument("--seed", type=int, default=0, help="sampling seed (the same for every column)")
     p.add_argument("--task", choices=sorted(PIPELINES), default=None, help="check that the runs are of this task")
+    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: chosen from the machine, as train.py)")
     args = p.parse_args(argv)
     check_range("--k", args.k, 1, 1024)
     check_range("--temperature", args.temperature, 0, 10)  # 0: greedy
     check_range("--seed", args.seed, 0, INT_MAX)
     if args.limit is not None:
         check_range("--limit", args.limit, 1, 10_000_000)
+    check_range("--threads", args.threads, 0, 4096)
     return args
 
 
@@ -300,6 +306,7 @@ def main(argv=None) -> None:
         return viewer.main(argv)
     try:
         args = parse_eval_args(argv)
+        torch.set_num_threads(args.threads or dist.default_threads())
         columns = plan_columns(args)
         check_columns(columns, args)
         results, loaded = {}, {}

@@ -26,7 +26,7 @@ from coach_api import make_coach
 from config import Config, UserError, fail, parse_args
 from reward import CoachGuard, assign_rewards, grade
 from rollout import Action, Episode, episode_guard, live, new_episodes, pad_left, rollout
-from runlog import RunLog, rollout_metrics
+from runlog import Progress, RunLog, rollout_metrics, tracker_module
 from tasks import DataError, load_tasks, workspace
 
 
@@ -39,11 +39,17 @@ def train(cfg: Config, *, coach=None, agents=None, tasks=None, grader=grade, qui
     `coach`: any object with .score(list of (episode, action)) -> list of scores 0..10 or None.
     """
     # Every input is checked before anything is written: a typo never costs a run.
+    torch.set_num_threads(cfg.threads or dist.default_threads())  # before any work (dist.default_threads)
     agents = agents or PIPELINES[cfg.task]
     grader = functools.partial(grade, backend=cfg.grader) if grader is grade else grader  # --grader
     device = dist.init(cfg.device)  # data parallel (dist.py): joins the launcher's process group; alone a no-op
     run_dir, resuming = dist.on_main(checkpoint.check_run_dir, cfg)  # rank 0 decides, every rank agrees
     cfg.out_dir = cfg.out_dir or str(run_dir)
+    if finished := checkpoint.finished_message(run_dir, resuming, cfg.steps):  # nothing to do: say how to extend
+        dist.on_main(print, finished)
+        return run_dir
+    if cfg.report_to != "none":
+        tracker_module(cfg.report_to)  # a missing tracker package fails here, before the model loads
     train_tasks = tasks if tasks is not None else load_tasks(cfg.task, cfg.data, "train")
     dist.on_main(preflight, cfg, coach)  # rank 0 checks; a failure stops every rank
     dist.on_main(checkpoint.lock_run_dir, run_dir)  # one writer per run folder; a second is refused
@@ -58,12 +64,12 @@ def train(cfg: Config, *, coach=None, agents=None, tasks=None, grader=grade, qui
     coach = CoachGuard(coach or make_coach(cfg, model, tokenizer, agents), cfg.max_unscored_steps)  # local base or --coach-url
     sampler = checkpoint.TaskSampler(train_tasks, cfg.seed)
     limits = sandbox.Limits(timeout_s=cfg.code_timeout, memory_mb=cfg.code_memory_mb)
-    log = RunLog(run_dir, agents, cfg.log_samples, quiet=quiet)
+    log = RunLog(run_dir, agents, cfg.log_samples, quiet=quiet, report_to=cfg.report_to, config=dict(vars(cfg)))
     names = [a.name for a in agents]
     if dist.active():  # data parallel: rank 0's adapters on every rank, but each rank samples its own episodes
         dist.broadcast_([p for n, p in model.named_parameters() if "lora_" in n])
         seed_everything(cfg.seed + 100_003 * dist.rank())
-    start = 0
+    start, progress = 0, Progress(enabled=dist.is_main() and not quiet)  # a status line on a terminal
     if resuming:
         state = checkpoint.load_newest(run_dir, model, names, optimizers, schedulers, sampler)  # or an older one
         dist.resume_rank(state, checkpoint.set_rng_state)  # this rank's own RNG; same number of processes
@@ -78,6 +84,7 @@ def train(cfg: Config, *, coach=None, agents=None, tasks=None, grader=grade, qui
         # (data parallel: every rank draws the same global list and keeps its own share; alone: all of it)
         tasks_now = dist.shard(sampler.take(cfg.problems_per_step * dist.world_size()))
         batch = new_episodes(tasks_now, cfg.samples_per_problem)
+        progress(f"step {step}/{cfg.steps}: rollout, {len(batch)} episodes")
         try:
             rollout(model, tokenizer, agents, batch, temperature=cfg.temperature,
                     max_new_tokens=cfg.max_new_tokens, batch_size=cfg.gen_batch_size, limits=limits)
@@ -92,6 +99,7 @@ def train(cfg: Config, *, coach=None, agents=None, tasks=None, grader=grade, qui
                     print(f"dropped an episode of task {ep.task.id}: {ep.error}", file=sys.stderr, flush=True)
             if cfg.reward != "outcome":
                 items = [(ep, a) for ep in episodes for a in ep.actions]
+                progress(f"step {step}/{cfg.steps}: coach, {len(items)} actions")
                 for (_, a), s in zip(items, coach.score(items)):
                     a.score = s
             assign_rewards(episodes, cfg.reward, cfg.outcome_weight)
@@ -103,6 +111,7 @@ def train(cfg: Config, *, coach=None, agents=None, tasks=None, grader=grade, qui
             | rollout_metrics(dist.gather_episodes(episodes), agents, coached=cfg.reward != "outcome")  # global batch
         for agent in agents:
             actions = [a for ep in episodes for a in ep.actions if a.agent == agent.name]
+            progress(f"step {step}/{cfg.steps}: update {agent.name}, {len(actions)} actions")
             stats = update_agent(model, agent.name, actions, optimizers[agent.name], cfg, schedulers[agent.name])
             stats = dist.merge_update_stats(stats)
             metrics |= {f"{agent.name}/{k}": v for k, v in stats.items()}
@@ -112,17 +121,20 @@ def train(cfg: Config, *, coach=None, agents=None, tasks=None, grader=grade, qui
         # 4. held-out evaluation, on its own RNG stream so training goes on exactly as without it
         if cfg.eval_every and step % cfg.eval_every == 0 and dist.is_main():
             import eval as evaluation
+            progress(f"step {step}/{cfg.steps}: eval, {cfg.eval_problems} tasks")
             with torch.random.fork_rng():
                 result = evaluation.evaluate(model, tokenizer, cfg, agents, k=1, limit=cfg.eval_problems)
             metrics |= {f"eval/{k}": v for k, v in result["summary"].items()}
         # 5. log and checkpoint (data parallel: rank 0 writes; the checkpoint has every rank's RNG state)
         if dist.is_main():
+            progress.done()
             log.log(metrics, episodes)
         if step % cfg.save_every == 0 or step == cfg.steps:
             extra = dist.rank_states(checkpoint.rng_state)
             dist.on_main(checkpoint.save_safely, run_dir, step, model, names, optimizers, schedulers, sampler,
                          cfg.keep_checkpoints, cfg, extra=extra)
             dist.barrier()
+    log.close()
     return run_dir
 
 

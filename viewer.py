@@ -93,6 +93,15 @@ def smooth(values: list[float], window: int) -> list[float]:
 def plot_runs(run_dirs: list[Path], out: Path, window: int = 1) -> Path:
     """Draw every run's curves into one PNG: one panel per metric, a colour per agent, a line
     style per run. Returns `out`."""
+    fig = draw_runs(run_dirs, window)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=100)
+    return out
+
+
+def draw_runs(run_dirs: list[Path], window: int = 1):
+    """The matplotlib Figure of plot_runs. A short run gets a marker on every point (a line through
+    one point draws nothing) and a tick at each of its steps (no fractional steps)."""
     try:
         from matplotlib.figure import Figure  # no pyplot: no GUI backend, no global state
         from matplotlib.ticker import MaxNLocator
@@ -108,10 +117,15 @@ def plot_runs(run_dirs: list[Path], out: Path, window: int = 1) -> Path:
             for label, (steps, values) in panels[title].items():
                 color = colors.setdefault(label, f"C{len(colors) % 10}")
                 name = label if len(run_dirs) == 1 else f"{d.name}: {label}"
-                ax.plot(steps, smooth(values, window), styles[i % len(styles)], color=color, label=name)
+                ax.plot(steps, smooth(values, window), styles[i % len(styles)], color=color, label=name,
+                        marker="o" if len(steps) <= 30 else None, markersize=4)
         ax.set_title(title)
         ax.set_xlabel("step")
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        shown = sorted({x for panels in curves.values() for steps, _ in panels[title].values() for x in steps})
+        if 0 < len(shown) <= 10:
+            ax.set_xticks(shown)
+        else:
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         if title in SHARES:
             ax.set_ylim(-0.03, 1.03)
         ax.grid(alpha=0.3)
@@ -120,9 +134,7 @@ def plot_runs(run_dirs: list[Path], out: Path, window: int = 1) -> Path:
         else:
             ax.text(0.5, 0.5, "no data", ha="center", va="center", transform=ax.transAxes)
     fig.suptitle(", ".join(d.name for d in run_dirs) + (f" (moving average over {window} steps)" if window > 1 else ""))
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=100)
-    return out
+    return fig
 
 
 # ---------------------------------------------------------------------------------- one episode

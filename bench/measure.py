@@ -9,6 +9,8 @@ import time
 
 import torch
 
+from runlog import Progress
+
 
 def peak_memory_mb(device: str) -> float:
     """Peak memory since the last reset_peak, in MiB: CUDA max_memory_allocated, else the
@@ -39,9 +41,10 @@ def reset_peak(device: str) -> None:
 def repeat(fns: dict, reps: int, warmup: int = 1, device: str = "cpu") -> dict[str, list[dict]]:
     """Call each fn () -> dict of counts warmup + reps times, interleaved; per fn, the reps'
     dicts with "seconds" added (a fn may time itself by returning "seconds")."""
-    runs = {name: [] for name in fns}
+    runs, progress = {name: [] for name in fns}, Progress()  # a status line on a terminal only
     for i in range(warmup + reps):
         for name, fn in fns.items():
+            progress(f"[bench] {name}: " + (f"warm-up {i + 1}/{warmup}" if i < warmup else f"rep {i - warmup + 1}/{reps}"))
             t0 = time.perf_counter()
             out = fn()
             if device.startswith("cuda"):
@@ -49,6 +52,7 @@ def repeat(fns: dict, reps: int, warmup: int = 1, device: str = "cpu") -> dict[s
             out.setdefault("seconds", time.perf_counter() - t0)
             if i >= warmup:
                 runs[name].append(out)
+    progress.done()
     return runs
 
 

@@ -9,6 +9,7 @@ from types import SimpleNamespace
 import torch
 
 from bench.measure import rates, repeat, seconds, spread
+from runlog import Progress
 
 TRL_PIN = "trl==1.16.0"
 
@@ -205,8 +206,11 @@ def bench_steps(ctx, args) -> dict:
     except ImportError as e:
         trl_error = f"not measured: TRL missing ({e.name}); pip install {TRL_PIN}"
     if trl_runs is None:
-        for _ in range(1 + args.reps):
+        progress = Progress()
+        for i in range(1 + args.reps):
+            progress(f"[bench] step: {'warm-up' if i == 0 else f'rep {i}/{args.reps}'}")
             step()
+        progress.done()
     out = {"logit": {"s_per_1k": spread([r["seconds"] / r["tokens"] * 1000 for r in mappa]),
                      "step_s": spread(seconds(mappa)), "tokens": mappa[0]["tokens"],
                      "coach_share": spread([r["coach"] / r["seconds"] for r in mappa]),

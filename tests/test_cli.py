@@ -3,14 +3,15 @@ import json
 import re
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
 from tests.conftest import ROOT
 
 
-def run(*args, timeout=300):
-    return subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True, text=True, timeout=timeout)
+def run(*args, timeout=300, cwd=ROOT):
+    return subprocess.run([sys.executable, *args], cwd=cwd, capture_output=True, text=True, timeout=timeout)
 
 
 @pytest.fixture(scope="module")
@@ -75,9 +76,14 @@ def test_saved_adapters_load_with_plain_peft(tiny_run):
         assert lora_b and any(p.abs().sum() > 0 for p in lora_b), f"{agent}'s adapter was never trained"
 
 
-def test_eval_prints_a_table_and_writes_eval_json(tiny_run):
+def test_eval_prints_a_table_and_writes_eval_json(tiny_run, tmp_path):
     out, _ = tiny_run
-    proc = run("eval.py", str(out), "--k", "2", "--limit", "3")
+    # config.json keeps the name "tiny" (rebuilt or found in the cache at load); the adapters point
+    # at the built folder by its absolute path, so eval runs from any folder
+    assert json.loads((out / "config.json").read_text())["model"] == "tiny"
+    base = json.loads((out / "adapters" / "solver" / "adapter_config.json").read_text())["base_model_name_or_path"]
+    assert base.startswith("/") and (Path(base) / "config.json").is_file()
+    proc = run(str(ROOT / "eval.py"), str(out), "--k", "2", "--limit", "3", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "avg@2" in proc.stdout and "pass@2" in proc.stdout and "executor/tool_use" in proc.stdout
     result = json.loads((out / "eval.json").read_text())

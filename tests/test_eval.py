@@ -2,6 +2,7 @@
 results table, the loaders (AIME-layout JSON, jsonl), the curves, the PNG and the episode renderer."""
 import itertools
 import json
+import random
 import sys
 
 import pytest
@@ -102,6 +103,17 @@ def test_judge_auc_counts_ties_half_and_is_nan_without_both_outcomes():
     assert m["coach/judge_auc"] == 0.5 and m["coach/judge_accuracy"] == 0.5
     m = evaluation.judge_metrics([episode(t, True, [0, 0, 6])], "verifier")
     assert m["coach/judge_auc"] != m["coach/judge_auc"]  # nan
+
+
+def test_judge_auc_agrees_with_the_naive_pairwise_count():
+    rng = random.Random(0)
+    eps = [episode(Problem(f"t{i}", "T?", "5"), rng.random() < 0.4, [0, 0, rng.randint(0, 10)]) for i in range(300)]
+    right = [ep.actions[-1].score for ep in eps if ep.correct]
+    wrong = [ep.actions[-1].score for ep in eps if not ep.correct]
+    naive = sum((r > w) + 0.5 * (r == w) for r in right for w in wrong) / (len(right) * len(wrong))
+    assert evaluation.judge_metrics(eps, "verifier")["coach/judge_auc"] == pytest.approx(naive, abs=1e-12)
+    hand = [episode(Problem("a", "A?", "5"), ok, [0, 0, s]) for ok, s in ((True, 9), (True, 4), (False, 4), (False, 1))]
+    assert evaluation.judge_metrics(hand, "verifier")["coach/judge_auc"] == 0.875  # (1 + 1 + 0.5 + 1) / 4
 
 
 def test_a_failed_episode_is_kept_counted_wrong_and_not_coached(monkeypatch):
@@ -207,6 +219,21 @@ def test_plot_writes_a_png_and_missing_matplotlib_is_one_clear_error(tmp_path, m
         viewer.plot_runs([run], tmp_path / "d.png")
 
 
+@pytest.mark.parametrize("n_steps", [1, 3])
+def test_a_short_run_plots_visible_markers_and_integer_step_ticks(tmp_path, n_steps):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "metrics.jsonl").write_text("".join(json.dumps(METRICS[0] | {"step": i + 1}) + "\n"
+                                               for i in range(n_steps)))
+    fig = viewer.draw_runs([run])
+    drawn = [ax for ax in fig.axes if ax.has_data()]
+    assert len(drawn) >= 5
+    for ax in drawn:
+        assert all(line.get_marker() == "o" for line in ax.get_lines())  # one point is still seen
+        ticks = [t for t in ax.get_xticks() if ax.get_xlim()[0] <= t <= ax.get_xlim()[1]]
+        assert ticks == list(range(1, n_steps + 1)), ticks
+
+
 # ----------------------------------------------------------------------------- one episode
 def saved_episodes():
     """Records as train.py saves them: two steps, the second with two episodes."""
@@ -279,6 +306,7 @@ def test_columns_put_the_base_first_and_check_every_run_before_loading(tmp_path)
 @pytest.mark.parametrize("argv, message", [
     (["/no/such/run"], "is not a run folder"),
     (["RUN", "--k", "0"], "--k must be >= 1"),
+    (["RUN", "--threads", "-2"], "--threads must be >= 0"),
     (["RUN", "--bogus"], "unrecognized arguments: --bogus"),
     ([], "the following arguments are required: RUN"),
     (["show", "RUN", "--episode", "3"], "--episode 3 is out of range"),
