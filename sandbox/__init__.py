@@ -21,6 +21,8 @@ Isolation layers, outermost first, and why each exists:
    >= 6.14), RLIMIT_CORE=0.
 3. An allow-listed environment (no tokens), BLAS/OpenMP pools pinned to 1 thread, stdin from
    /dev/null (input() raises EOFError at once instead of hanging).
+   After setup, init locks down (lockdown.py): not dumpable, no capability, no_new_privs, a
+   seccomp filter; the action cannot change mounts or namespaces, trace init or forge its report.
 4. The trainer reads stdout/stderr incrementally (head + tail kept, never the whole stream),
    enforces the wall-clock timeout and holds the shim's stdin as a *lifeline*: closing it
    (timeout, end of action, trainer death) makes the shim SIGKILL init, i.e. the namespace.
@@ -31,7 +33,7 @@ docs/sandbox.md lists what is and is not isolated in each mode.
 
 Files: this one is the trainer side (public API, starting the shim, reading its output,
 classifying the result); child.py beside it is everything that runs on the other side of the
-process boundary (shim, init, action: unshare, mounts, rlimits).
+process boundary (shim, init, action: unshare, mounts, rlimits), lockdown.py its last step.
 """
 from __future__ import annotations
 
