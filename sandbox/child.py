@@ -83,13 +83,14 @@ def _init_main(cfg: dict, feats: dict, src: bytes) -> None:
     signal.signal(signal.SIGINT, signal.SIG_DFL)  # pid 1 ignores SIG_DFL signals sent from inside
     os.dup2(os.open(os.devnull, os.O_RDONLY), 0)  # drop the lifeline; stdin is /dev/null
     ctypes.CDLL(None).prctl(1, ctypes.c_ulong(signal.SIGKILL))  # PR_SET_PDEATHSIG: die with the shim
+    lockdown = _lockdown_module()  # loaded before _setup_fs hides the project it lives in
     if feats["ns"]:
         try:
             _setup_fs(cfg, feats)
         except OSError as e:
             _report(status_fd, {"end": 1, "error": f"filesystem setup failed: {e}"})
             os._exit(1)
-    feats.update(_lockdown_module().lock_down())  # from here on: no capability, no mount change
+    feats.update(lockdown.lock_down())  # from here on: no capability, no mount change
     if feats["ns"] and not (feats["caps_dropped"] and feats["no_new_privs"]):
         _report(status_fd, {"end": 1, "error": f"could not drop privileges: {feats}"})
         os._exit(1)
