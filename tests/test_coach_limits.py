@@ -110,3 +110,25 @@ def test_a_huge_reply_is_not_read(servers):
     for server in (s, chunked):
         with pytest.raises(EndpointError, match="byte cap"):
             coach(server.port, retries=0, timeout=10).complete([{"role": "user", "content": "hi"}])
+
+
+def test_a_prompt_over_the_coachs_context_is_unscored_before_any_forward_pass(policy, monkeypatch):
+    """An action whose prompt (its text, what it saw) is far over the local coach's
+    context is left unscored with the reason; the others of the batch are scored as usual."""
+    import random as rnd
+
+    from reward import LLMCoach
+    from tests.test_reward import episode_with_actions
+    tokenizer, model = policy
+    ep = episode_with_actions(tokenizer)
+    flood = " ".join(f"{rnd.Random(i).random():.6f}" for i in range(20_000))  # ~8 tokens a word
+    ep.actions[1].text, ep.actions[1].messages = flood, [{"role": "user", "content": flood}]
+    coach = LLMCoach(model, tokenizer, MATH, mode="logit", batch_size=3)
+    seen = []
+    real = model.forward
+    monkeypatch.setattr(model, "forward", lambda *a, **k: seen.append(k["input_ids"].shape) or real(*a, **k))
+    scores = coach.score([(ep, a) for a in ep.actions])
+    assert scores[1] is None and scores[0] is not None and scores[2] is not None
+    assert ep.actions[1].coach_text.startswith("unscored: the coach prompt has ")
+    assert "over the coach's context of 4096" in ep.actions[1].coach_text
+    assert seen and all(shape[1] <= 4096 for shape in seen)
