@@ -335,9 +335,9 @@ def _env(wd: Path, run_id: str) -> dict:
 
 def _overlays(network: bool) -> list[list]:
     """[dir, keep, private] per directory that the action sees as an empty tmpfs: private ones
-    (/tmp, /dev/shm) stay writable, hidden ones ($HOME: tokens, keys; /run: docker.sock...) are
-    made read-only; the project itself is hidden. `keep` lists the top-level entries Python itself needs (interpreter,
-    site-packages, sys.path; the DNS config with network), bound back in. Parents first."""
+    (/tmp, /dev/shm) stay writable, hidden ones ($HOME: tokens, keys; /run: docker.sock...; the
+    project) are made read-only. `keep` lists the top-level entries Python itself needs
+    (interpreter, site-packages, sys.path; the DNS config with network), bound back in. Parents first."""
     import site
     needed = [Path(p).resolve() for p in filter(None, [sys.prefix, sys.base_prefix, sys.executable,
                                                          *site.getsitepackages(), *sys.path])]
