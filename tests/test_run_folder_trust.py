@@ -1,7 +1,6 @@
 """A run folder is data, not instructions (issue 15): a downloaded or shared run cannot run code
 on --resume, send a secret anywhere from `eval.py RUN`, or pick the endpoint of a resumed run."""
 import dataclasses
-import pickle
 
 import pytest
 import torch
@@ -29,10 +28,12 @@ def planted_run(tmp_path, **overrides):
     return run
 
 
-def test_a_planted_pickle_is_refused_on_resume_and_never_runs(tmp_path, capsys):
-    run, marker = planted_run(tmp_path), tmp_path / "pwned"
-    with open(run / "checkpoints" / "step_000001" / "state.pt", "wb") as f:
-        pickle.dump({"step": 1, "rng": Payload(marker)}, f, protocol=2)
+def test_a_planted_pickle_is_refused_on_resume_and_never_runs(tmp_path, capsys, policy):
+    # a complete checkpoint (real adapters, as a run saves them) whose state.pt is the payload
+    run, marker = planted_run(tmp_path, lora_r=4, lora_alpha=8), tmp_path / "pwned"
+    policy[1].save_pretrained(run / "checkpoints" / "step_000001" / "adapters",
+                              selected_adapters=["solver", "executor", "verifier"])
+    torch.save({"step": 1, "rng": Payload(marker)}, run / "checkpoints" / "step_000001" / "state.pt")
     with pytest.raises(SystemExit) as e:
         train.main(["--resume", str(run)])
     err = capsys.readouterr().err
