@@ -38,6 +38,10 @@ MAX_REDIRECTS = 3
 class EndpointError(Exception):
     """A chat completion that failed for good (after the retries, or a non-retryable status)."""
 
+    def __init__(self, message: str, status: int | None = None):
+        super().__init__(message)
+        self.status = status  # the HTTP status of a non-retryable reply (400, 401, 404, ...)
+
 
 def chat_url(url: str) -> str:
     """The chat-completions URL of a base URL: '.../v1' -> '.../v1/chat/completions' (kept if full)."""
@@ -188,15 +192,41 @@ class APICoach:
                     return reply_text(data)
                 if "x-not-followed" in reply_headers:  # never retried: the key stays with this origin
                     raise EndpointError(f"HTTP {code}: redirected to {reply_headers['x-not-followed']}, not "
-                                        "followed (another origin, or not a 307/308); pass that URL as --coach-url")
+                                        "followed (another origin, or not a 307/308); pass that URL as --coach-url", code)
                 if code not in (408, 429) and code < 500:  # 400/401/404: a bad request, key or model name
-                    raise EndpointError(f"HTTP {code}: {data[:200].decode(errors='replace')}")
+                    raise EndpointError(f"HTTP {code}: {data[:200].decode(errors='replace')}", code)
                 error, retry_after = f"HTTP {code} after {attempt + 1} attempts", reply_headers.get("retry-after")
             except (http.client.HTTPException, OSError) as e:  # TimeoutError, refused, reset, ...
                 error = f"{e} after {attempt + 1} attempts"
             except ValueError as e:  # a 200 whose body is not a chat completion, or too big
                 error = f"{e} after {attempt + 1} attempts"
         raise EndpointError(error)
+
+
+def check_endpoint(cfg) -> None:
+    """One tiny request to --coach-url before any model loads: UserError (one line) naming what is
+    wrong -- a URL without /v1, an unknown --coach-model, a refused key, no server -- instead of a
+    run whose every action comes back unscored."""
+    from config import UserError
+
+    coach = APICoach(cfg.coach_url, cfg.coach_model, (), api_key=os.environ.get(cfg.coach_api_key_env) or None,
+                     max_tokens=1, timeout=cfg.coach_timeout, retries=min(cfg.coach_retries, 2), backoff=0.5)
+    try:
+        coach.complete([{"role": "user", "content": "Reply with OK."}])
+    except EndpointError as e:
+        said = " ".join(str(e).split())[:160]
+        if e.status in (400, 404, 422) and "model" in said.lower():
+            why = f"the endpoint does not serve --coach-model {cfg.coach_model!r} ({said}); pass a name it lists at .../v1/models"
+        elif e.status == 404:
+            why = (f"{coach.url} was not found ({said}); an OpenAI-compatible --coach-url usually ends in /v1, "
+                   "e.g. http://localhost:8000/v1")
+        elif e.status in (401, 403):
+            why = f"the endpoint refused the API key ({said}); set ${cfg.coach_api_key_env} or --coach-api-key-env"
+        elif "not a chat-completions reply" in said:
+            why = f"{coach.url} answered, but not as an OpenAI chat-completions endpoint ({said}); check --coach-url"
+        else:
+            why = f"no answer from {coach.url} ({said}); is the server running and --coach-url right?"
+        raise UserError(f"coach check failed: {why}") from None
 
 
 def make_coach(cfg, model, tokenizer, agents):

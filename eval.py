@@ -16,17 +16,19 @@ import dataclasses
 import gc
 import json
 import math
+import os
 import sys
 import time
 from pathlib import Path
 
 import torch
 
+import checkpoint
 import sandbox
 from agents import PIPELINES, ModelLoadError, add_adapters, load_base
 from coach_api import make_coach
-from config import Config, OneLineParser, UserError, fail, load_config
-from reward import grade
+from config import INT_MAX, Config, OneLineParser, UserError, check_device, check_range, fail, load_config
+from reward import CoachGuard, grade
 from rollout import Episode, new_episodes, rollout
 from runlog import episode_record, mean, rollout_metrics
 from tasks import DataError, load_tasks, workspace
@@ -204,8 +206,11 @@ def parse_eval_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0, help="sampling seed (the same for every column)")
     p.add_argument("--task", choices=sorted(PIPELINES), default=None, help="check that the runs are of this task")
     args = p.parse_args(argv)
-    if args.k < 1 or args.temperature < 0 or (args.limit is not None and args.limit < 1):
-        raise UserError("--k and --limit must be >= 1 and --temperature >= 0")
+    check_range("--k", args.k, 1, 1024)
+    check_range("--temperature", args.temperature, 0, 10)  # 0: greedy
+    check_range("--seed", args.seed, 0, INT_MAX)
+    if args.limit is not None:
+        check_range("--limit", args.limit, 1, 10_000_000)
     if args.coach_url and not (args.coach_url.startswith(("http://", "https://")) and args.coach_model):
         raise UserError("--coach-url must start with http:// or https:// and needs --coach-model")
     return args
@@ -232,13 +237,13 @@ def plan_columns(args) -> list[tuple[str, Path, Config, bool]]:
     return columns
 
 
-def coach_config(cfg: Config, args, run_dir) -> Config:
+def coach_config(cfg: Config, args, run_dir, note: bool = True) -> Config:
     """The run's config with the coach this command asks for: an endpoint and its key variable
     come from this command line only, never from the run folder (it may come from anyone)."""
     from config import ENDPOINT_FIELDS, untrusted_endpoint
     saved = {k: getattr(cfg, k) for k in ENDPOINT_FIELDS}
     given = {k: getattr(args, k) for k in ENDPOINT_FIELDS if getattr(args, k) != getattr(Config, k)}
-    endpoint = {**untrusted_endpoint(saved, given, run_dir), **given}
+    endpoint = {**untrusted_endpoint(saved if note else {}, given, run_dir), **given}
     mode = "generate" if endpoint["coach_url"] else args.coach_mode or cfg.coach
     return dataclasses.replace(cfg, coach=mode, coach_model=args.coach_model or cfg.coach_model, **endpoint)
 
@@ -259,7 +264,7 @@ def eval_column(name: str, run_dir: Path, cfg: Config, base: bool, args, loaded:
                              init_from=run_dir / "adapters" if trained else None)
         loaded.update(dir=run_dir, model=model, tokenizer=tokenizer)
     model, tokenizer = loaded["model"], loaded["tokenizer"]
-    coach = make_coach(coach_config(cfg, args, run_dir), model, tokenizer, agents) if args.coach else None
+    coach = CoachGuard(make_coach(coach_config(cfg, args, run_dir, note=False), model, tokenizer, agents)) if args.coach else None
     t0 = time.perf_counter()
     episodes = run_episodes(model, tokenizer, cfg, agents, k=args.k, temperature=args.temperature,
                             limit=args.limit, data=args.data, split=args.split, coach=coach,
@@ -270,11 +275,36 @@ def eval_column(name: str, run_dir: Path, cfg: Config, base: bool, args, loaded:
                           "coach": (args.coach_mode or cfg.coach) if args.coach else None, "seed": args.seed,
                           "seconds": time.perf_counter() - t0}
     stem = "eval-base" if base else "eval"
-    (run_dir / f"{stem}.json").write_text(json.dumps(result, indent=2) + "\n")
-    with open(run_dir / f"{stem}-episodes.jsonl", "w") as f:
-        for ep in episodes:
-            f.write(json.dumps(episode_record(ep)) + "\n")
+    with checkpoint.writing(run_dir, "free space there, or copy the run somewhere you can write"):
+        write_atomically(run_dir / f"{stem}.json", json.dumps(result, indent=2) + "\n")
+        write_atomically(run_dir / f"{stem}-episodes.jsonl",
+                         "".join(json.dumps(episode_record(ep)) + "\n" for ep in episodes))
     return result
+
+
+def write_atomically(path: Path, text: str) -> None:
+    """Write a temporary file, then rename it into place: a reader (or a second eval.py) sees the
+    old file or the new one, never half of one."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        tmp.write_text(text)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def check_columns(columns, args) -> None:
+    """Everything eval_column would meet only after loading a model: the held-out tasks, the
+    device, the coach endpoint, and whether the run folders take the results."""
+    for _, run_dir, cfg, _ in columns:
+        check_device(cfg.device)
+        source = args.data or cfg.eval_data
+        load_tasks(cfg.task, source, args.split or default_split(source))
+        checkpoint.check_writable(run_dir)
+        coach_cfg = coach_config(cfg, args, run_dir)  # never the run's own endpoint (issue 15)
+        if args.coach and coach_cfg.coach_url:
+            from coach_api import check_endpoint
+            check_endpoint(coach_cfg)
 
 
 def main(argv=None) -> None:
@@ -285,6 +315,7 @@ def main(argv=None) -> None:
     try:
         args = parse_eval_args(argv)
         columns = plan_columns(args)
+        check_columns(columns, args)
         results, loaded = {}, {}
         for name, run_dir, cfg, base in columns:
             results[name] = eval_column(name, run_dir, cfg, base, args, loaded)

@@ -6,6 +6,7 @@
 Each step: tasks -> the agents act (rollout) -> the grader and the coach score every action ->
 advantages per agent -> one update per agent on its own adapter -> log -> checkpoint (and eval).
 """
+import json
 import math
 import random
 import sys
@@ -22,12 +23,13 @@ import sandbox
 from agents import PIPELINES, ModelLoadError, acting_as, add_adapters, adapter_parameters, load_base, make_optimizers
 from coach_api import make_coach
 from config import Config, UserError, fail, parse_args
-from reward import assign_rewards, grade
+from reward import CoachGuard, assign_rewards, grade
 from rollout import Action, Episode, episode_guard, live, new_episodes, pad_left, rollout
 from runlog import RunLog, rollout_metrics
 from tasks import DataError, load_tasks, workspace
 
 
+@checkpoint.one_writer  # the run folder's lock, taken below, is released however train() ends
 def train(cfg: Config, *, coach=None, agents=None, tasks=None, grader=grade, quiet: bool = False) -> Path:
     """Run (or resume) training; returns the run folder.
 
@@ -41,6 +43,8 @@ def train(cfg: Config, *, coach=None, agents=None, tasks=None, grader=grade, qui
     run_dir, resuming = dist.on_main(checkpoint.check_run_dir, cfg)  # rank 0 decides, every rank agrees
     cfg.out_dir = cfg.out_dir or str(run_dir)
     train_tasks = tasks if tasks is not None else load_tasks(cfg.task, cfg.data, "train")
+    dist.on_main(preflight, cfg, coach)  # rank 0 checks; a failure stops every rank
+    dist.on_main(checkpoint.lock_run_dir, run_dir)  # one writer per run folder; a second is refused
     seed_everything(cfg.seed)
     tokenizer, base = load_base(cfg.model, cfg.load_in_4bit, device)
     model = add_adapters(base, agents, r=cfg.lora_r, alpha=cfg.lora_alpha)
@@ -48,7 +52,7 @@ def train(cfg: Config, *, coach=None, agents=None, tasks=None, grader=grade, qui
     if cfg.gradient_checkpointing:  # only active in train mode, i.e. in the update, never in rollouts
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     optimizers, schedulers = make_optimizers(model, agents, cfg.lr, cfg.weight_decay, cfg.warmup_steps)
-    coach = coach or make_coach(cfg, model, tokenizer, agents)  # local base (adapters off) or --coach-url
+    coach = CoachGuard(coach or make_coach(cfg, model, tokenizer, agents), cfg.max_unscored_steps)  # local base or --coach-url
     sampler = checkpoint.TaskSampler(train_tasks, cfg.seed)
     limits = sandbox.Limits(timeout_s=cfg.code_timeout, memory_mb=cfg.code_memory_mb)
     log = RunLog(run_dir, agents, cfg.log_samples, quiet=quiet)
@@ -58,7 +62,7 @@ def train(cfg: Config, *, coach=None, agents=None, tasks=None, grader=grade, qui
         seed_everything(cfg.seed + 100_003 * dist.rank())
     start = 0
     if resuming:
-        state = checkpoint.load(resuming, model, names, optimizers, schedulers, sampler)
+        state = checkpoint.load_newest(run_dir, model, names, optimizers, schedulers, sampler)  # or an older one
         dist.resume_rank(state, checkpoint.set_rng_state)  # this rank's own RNG; same number of processes
         start = state["step"]
         if dist.is_main():
@@ -113,7 +117,7 @@ def train(cfg: Config, *, coach=None, agents=None, tasks=None, grader=grade, qui
             log.log(metrics, episodes)
         if step % cfg.save_every == 0 or step == cfg.steps:
             extra = dist.rank_states(checkpoint.rng_state)
-            dist.on_main(checkpoint.save, run_dir, step, model, names, optimizers, schedulers, sampler,
+            dist.on_main(checkpoint.save_safely, run_dir, step, model, names, optimizers, schedulers, sampler,
                          cfg.keep_checkpoints, cfg, extra=extra)
             dist.barrier()
     return run_dir
@@ -209,6 +213,34 @@ def action_logprobs(model, actions: list[Action], T: int, micro_batch: int, temp
     return out
 
 
+def preflight(cfg: Config, coach=None) -> None:
+    """The inputs train() would otherwise meet only after the model loaded or a step ran: the
+    held-out tasks of --eval-every, and the --coach-url endpoint (one tiny request)."""
+    if cfg.eval_every:
+        import eval as evaluation
+        load_tasks(cfg.task, cfg.eval_data, evaluation.default_split(cfg.eval_data))
+    if coach is None and cfg.coach_url and cfg.reward != "outcome":
+        from coach_api import check_endpoint
+        check_endpoint(cfg)
+
+
+def interrupted(cfg: Config | None) -> str:
+    """The one line for Ctrl-C: where the run stopped and how to go on."""
+    run_dir = checkpoint.run_folder(cfg) if cfg is not None else None
+    if run_dir is None or not (run_dir / "config.json").exists():
+        return "interrupted before the run started; nothing was written"
+    if not checkpoint.holds_run(run_dir):
+        return f"interrupted before the first step; the same command starts again (it reuses {run_dir})"
+    try:
+        at = json.loads((run_dir / "metrics.jsonl").read_text().splitlines()[-1])["step"] + 1
+    except (OSError, ValueError, IndexError, KeyError, TypeError):  # a line cut by the interrupt
+        at = "?"
+    done = checkpoint.checkpoints(run_dir)
+    if not done:
+        return f"interrupted at step {at}, before the first checkpoint; start again: --out-dir {run_dir} --overwrite"
+    return f"interrupted at step {at}; resume with: python train.py --resume {run_dir} (from {done[-1].name})"
+
+
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
@@ -229,6 +261,9 @@ def main(argv=None) -> None:
         print("error: out of GPU memory; lower --gen-batch-size, --micro-batch-size, --coach-batch-size or "
               f"--max-new-tokens (or use --gradient-checkpointing / a smaller --model); {last}", file=sys.stderr)
         sys.exit(3)
+    except KeyboardInterrupt:  # checkpoints are atomic and the lock is released: the run is resumable
+        print(f"{interrupted(cfg)}", file=sys.stderr)
+        sys.exit(130)
 
 
 if __name__ == "__main__":

@@ -25,13 +25,29 @@ def read_jsonl(path: Path) -> list[dict]:
     """The JSON objects of a .jsonl file (blank lines skipped); UserError naming file:line."""
     if not path.is_file():
         raise UserError(f"{path} not found; is this a run folder (train.py) or an evaluated one (eval.py)?")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise UserError(f"{path}: not UTF-8 text (byte {e.start}); is this a file train.py or eval.py wrote?") from None
     rows = []
-    for lineno, line in enumerate(path.read_text().splitlines(), 1):
+    for lineno, line in enumerate(text.splitlines(), 1):
         if line.strip():
             try:
                 rows.append(json.loads(line))
-            except json.JSONDecodeError as e:
-                raise UserError(f"{path}:{lineno}: malformed JSON ({e.msg}); was the run killed mid-write?") from None
+            except ValueError as e:  # JSONDecodeError, or an integer past Python's digit limit
+                raise UserError(f"{path}:{lineno}: malformed JSON ({getattr(e, 'msg', e)}); was the run killed mid-write?") from None
+            if not isinstance(rows[-1], dict):
+                raise UserError(f"{path}:{lineno}: expected a JSON object per line, got "
+                                f"{type(rows[-1]).__name__}; is this a file train.py or eval.py wrote?")
+    return rows
+
+
+def metrics_records(path: Path) -> list[dict]:
+    """read_jsonl of a metrics.jsonl, each line checked to carry its integer "step"."""
+    rows = read_jsonl(path)
+    for i, r in enumerate(rows):
+        if not isinstance(r.get("step"), int) or isinstance(r.get("step"), bool):
+            raise UserError(f"{path}: record {i + 1} has no integer \"step\"; is this a metrics.jsonl train.py wrote?")
     return rows
 
 
@@ -82,7 +98,7 @@ def plot_runs(run_dirs: list[Path], out: Path, window: int = 1) -> Path:
         from matplotlib.ticker import MaxNLocator
     except ImportError:
         raise UserError("plotting needs matplotlib (an optional extra): pip install matplotlib") from None
-    curves = {d: training_curves(read_jsonl(d / "metrics.jsonl")) for d in run_dirs}
+    curves = {d: training_curves(metrics_records(d / "metrics.jsonl")) for d in run_dirs}
     titles = list(next(iter(curves.values())))
     fig = Figure(figsize=(15, 8.5), layout="constrained")
     axes = fig.subplots(2, 3).flatten()

@@ -9,6 +9,7 @@ import json
 import os
 import random
 import re
+import sys
 from dataclasses import dataclass, replace
 
 
@@ -197,6 +198,10 @@ def load_problems(source: str, split: str = "train", limit: int | None = None) -
     return problems[:limit]
 
 
+_TOO_LONG = (f"a number has more than {sys.get_int_max_str_digits()} digits (Python's limit); "
+             "write a very long answer as a string, in quotes")
+
+
 def _read_text(path: str) -> str:
     try:
         with open(path, encoding="utf-8-sig") as f:  # -sig: tolerate a BOM from Windows editors
@@ -212,6 +217,8 @@ def _read_json(path: str) -> list[tuple[str, object]]:
     except json.JSONDecodeError as e:
         raise DataError(f"{path}:{e.lineno}: malformed JSON ({e.msg}, column {e.colno}); "
                         "fix the syntax, or use .jsonl with one object per line") from None
+    except ValueError:  # json reads an integer past Python's digit limit as a ValueError
+        raise DataError(f"{path}: {_TOO_LONG}") from None
     if isinstance(data, dict) and isinstance(data.get("problems"), list):
         data = data["problems"]
     if not isinstance(data, list):
@@ -231,6 +238,8 @@ def _read_jsonl(path: str) -> list[tuple[str, object]]:
         except json.JSONDecodeError as e:
             raise DataError(f"{path}:{lineno}: malformed JSON line ({e.msg}, column {e.colno}); "
                             "each line must be one complete JSON object") from None
+        except ValueError:
+            raise DataError(f"{path}:{lineno}: {_TOO_LONG}") from None
     return rows
 
 
@@ -282,7 +291,10 @@ def _answer_str(v: object, where: str) -> str:
         if v != v or v in (float("inf"), float("-inf")):
             raise DataError(f"{where}: 'answer' is {v}; give a finite number or a string")
         return str(int(v)) if v.is_integer() else repr(v)
-    s = str(v).strip()
+    try:
+        s = str(v).strip()
+    except ValueError:  # an int past Python's digit limit (e.g. from a Hub dataset)
+        raise DataError(f"{where}: 'answer' {_TOO_LONG}") from None
     if not s:
         raise DataError(f"{where}: 'answer' is empty; give the gold answer")
     return s

@@ -53,7 +53,7 @@ def test_missing_model_folder(tmp_path, capsys):
     (["--steps", "two"], "invalid int value"),
     (["--coach", "oracle"], "invalid choice"),
     (["--outcome-weight", "1.5"], "--outcome-weight"),
-    (["--micro-batch-size", "0"], "batch sizes"),
+    (["--micro-batch-size", "0"], "--micro-batch-size must be >= 1"),
     (["--load-in-4bit", "yes"], "unrecognized arguments"),
 ])
 def test_bad_values(tmp_path, capsys, argv, message):

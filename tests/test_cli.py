@@ -60,7 +60,7 @@ def test_eval_prints_a_table_and_writes_eval_json(tiny_run):
     (["--bogus"], "unrecognized arguments: --bogus"),
     (["--lr", "abc"], "invalid float value"),
     (["--lr", "-1"], "--lr must be > 0"),
-    (["--temperature", "-0.5"], "--temperature must be >= 0"),
+    (["--temperature", "-0.5"], "--temperature must be > 0"),
     (["--task", "chess"], "invalid choice"),
 ])
 def test_bad_flags_fail_with_one_line_and_exit_code_2(args, message, tmp_path):

@@ -253,7 +253,7 @@ def test_columns_put_the_base_first_and_check_every_run_before_loading(tmp_path)
 
 @pytest.mark.parametrize("argv, message", [
     (["/no/such/run"], "is not a run folder"),
-    (["RUN", "--k", "0"], "--k and --limit must be >= 1"),
+    (["RUN", "--k", "0"], "--k must be >= 1"),
     (["RUN", "--bogus"], "unrecognized arguments: --bogus"),
     ([], "the following arguments are required: RUN"),
     (["show", "RUN", "--episode", "3"], "--episode 3 is out of range"),
