@@ -88,3 +88,21 @@ def test_resume_takes_no_endpoint_or_key_variable_from_a_run(tmp_path, capsys):
     again = config.parse_args(["--resume", str(run), "--coach-url", "http://127.0.0.1:9/v1"])
     assert (again.coach_url, again.coach_api_key_env) == ("http://127.0.0.1:9/v1", "OPENAI_API_KEY")
     assert dataclasses.asdict(cfg) | {"coach_url": again.coach_url} == dataclasses.asdict(again)
+
+
+def test_eval_never_contacts_a_runs_endpoint(tmp_path, monkeypatch, capsys):
+    """eval.py's checks before loading a model reach the endpoint of the command line only: the
+    run's own server (a real one on loopback) never hears from us, nor gets the key."""
+    import eval as ev
+    from tests.test_coach_limits import OK, RawServer, answer
+    monkeypatch.setenv("MAPPA_TEST_SECRET", "sk-users-own")
+    server = RawServer(lambda s, c: answer(c, OK))
+    try:
+        run = planted_run(tmp_path, coach="generate", coach_url=f"http://127.0.0.1:{server.port}/v1",
+                          coach_model="m", coach_api_key_env="MAPPA_TEST_SECRET")
+        args = ev.parse_eval_args([str(run), "--base-only", "--limit", "1"])
+        ev.check_columns(ev.plan_columns(args), args)
+        assert server.requests == []
+        assert "ignored" in capsys.readouterr().err
+    finally:
+        server.close()
