@@ -207,8 +207,8 @@ def read_state(ckpt: Path) -> dict:
         return torch.load(Path(ckpt) / "state.pt", weights_only=True)
     except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError) as e:
         first = (str(e).strip().splitlines() or [type(e).__name__])[0][:160]
-        raise UserError(f"{Path(ckpt) / 'state.pt'} holds more than tensors and plain values, refused "
-                        f"({first}); use a checkpoint this version wrote, from a source you trust") from None
+        raise UserError(f"state.pt holds more than tensors and plain values: refused, use a checkpoint this "
+                        f"version wrote, from a source you trust ({Path(ckpt) / 'state.pt'}: {first})") from None
 
 
 def truncate_logs(run_dir: Path, sizes: dict) -> None:
