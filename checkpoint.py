@@ -121,7 +121,11 @@ class TaskSampler:
 
 
 def rng_state() -> dict:
-    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    """Every RNG's state as tensors and plain values only (numpy's key array as a list of ints), so
+    a checkpoint loads with torch.load(weights_only=True)."""
+    name, keys, pos, has_gauss, cached = np.random.get_state()
+    state = {"python": random.getstate(), "numpy": (name, [int(k) for k in keys], int(pos), int(has_gauss),
+                                                     float(cached)), "torch": torch.get_rng_state()}
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
@@ -129,7 +133,8 @@ def rng_state() -> dict:
 
 def set_rng_state(state: dict) -> None:
     random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    name, keys, *rest = state["numpy"]
+    np.random.set_state((name, np.asarray(keys, dtype=np.uint32), *rest))
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
@@ -181,20 +186,38 @@ def checkpoints(run_dir: Path) -> list[Path]:
 
 
 def load(ckpt: Path, model, agent_names, optimizers, schedulers, sampler) -> dict:
-    """Restore adapters, optimisers, schedules, sampler and RNG from a checkpoint; returns its state."""
+    """Restore adapters, optimisers, schedules, sampler and RNG from a checkpoint; returns its state.
+    The state is read first and holds tensors and plain values only: see read_state."""
     from peft import set_peft_model_state_dict
     from safetensors.torch import load_file
 
+    state = read_state(ckpt)
     for name in agent_names:
         weights = load_file(str(ckpt / "adapters" / name / "adapter_model.safetensors"))
         set_peft_model_state_dict(model, weights, adapter_name=name)
-    state = torch.load(ckpt / "state.pt", weights_only=False)
     for n in agent_names:
         optimizers[n].load_state_dict(state["optimizers"][n])
         schedulers[n].load_state_dict(state["schedulers"][n])
     sampler.load_state_dict(state["sampler"])
     set_rng_state(state["rng"])
     return state
+
+
+def read_state(ckpt: Path) -> dict:
+    """A checkpoint's state.pt, unpickled with torch's weights_only loader: tensors, numbers, text,
+    lists, tuples and dicts, never a Python object to build or call. A run folder may come from
+    anyone, and a planted pickle would otherwise run its code on --resume (issue 15). UserError
+    (one line, exit 2) for anything else, e.g. a checkpoint of an older MAPPA (numpy arrays)."""
+    import pickle
+
+    from config import UserError
+
+    try:
+        return torch.load(Path(ckpt) / "state.pt", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError) as e:
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:160]
+        raise UserError(f"state.pt holds more than tensors and plain values: refused, use a checkpoint this "
+                        f"version wrote, from a source you trust ({Path(ckpt) / 'state.pt'}: {first})") from None
 
 
 def truncate_logs(run_dir: Path, sizes: dict) -> None:

@@ -201,6 +201,7 @@ def parse_args(argv=None) -> Config:
             bad = ", ".join("--" + g.replace("_", "-") for g in sorted(set(given) - RESUME_FLAGS))
             raise UserError(f"--resume continues the run with its saved config; these flags cannot change: {bad}")
         values = dataclasses.asdict(load_config(given["resume"]))
+        values.update(untrusted_endpoint(values, given, given["resume"]))
     else:
         values = dict(PRESETS.get(given.get("preset", ""), {}))
     values.update(given)
@@ -234,6 +235,20 @@ def absolute_paths(values: dict) -> dict:
         if isinstance(v, str) and v not in ("builtin", *SIZES) and os.path.exists(os.path.expanduser(v)):
             values[key] = os.path.abspath(os.path.expanduser(v))
     return values
+
+
+# Fields of a run's config.json that point outside the machine or at a secret: a run folder is data
+# (it may come from anyone), so these come from the command line only (issue 15).
+ENDPOINT_FIELDS = ("coach_url", "coach_api_key_env")
+
+
+def untrusted_endpoint(saved: dict, given: dict, run_dir) -> dict:
+    """The defaults of ENDPOINT_FIELDS that were not given again on the command line, saying so in
+    one line on stderr when the run's config names an endpoint that is therefore ignored."""
+    if saved.get("coach_url") and "coach_url" not in given:
+        print(f"note: {run_dir}/config.json names the coach endpoint {saved['coach_url']}; ignored (a run "
+              "folder is data): pass --coach-url (and --coach-api-key-env) to use it", file=sys.stderr)
+    return {k: Config.__dataclass_fields__[k].default for k in ENDPOINT_FIELDS if k not in given}
 
 
 def save_config(cfg: Config, path: Path) -> None:

@@ -206,6 +206,9 @@ def parse_eval_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--coach", action=argparse.BooleanOptionalAction, default=True, help="score actions with the coach")
     p.add_argument("--coach-mode", choices=("generate", "logit"), default=None,
                    help="coach mode (default: the run's); generate keeps the coach's rationale for show")
+    p.add_argument("--coach-url", default="", help="OpenAI-compatible coach endpoint (never taken from a run's config)")
+    p.add_argument("--coach-model", default="", help="model name the --coach-url endpoint serves (default: the run's)")
+    p.add_argument("--coach-api-key-env", default="OPENAI_API_KEY", help="environment variable holding the endpoint's API key")
     p.add_argument("--seed", type=int, default=0, help="sampling seed (the same for every column)")
     p.add_argument("--task", choices=sorted(PIPELINES), default=None, help="check that the runs are of this task")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: chosen from the machine, as train.py)")
@@ -216,6 +219,8 @@ def parse_eval_args(argv: list[str]) -> argparse.Namespace:
     if args.limit is not None:
         check_range("--limit", args.limit, 1, 10_000_000)
     check_range("--threads", args.threads, 0, 4096)
+    if args.coach_url and not (args.coach_url.startswith(("http://", "https://")) and args.coach_model):
+        raise UserError("--coach-url must start with http:// or https:// and needs --coach-model")
     return args
 
 
@@ -240,6 +245,17 @@ def plan_columns(args) -> list[tuple[str, Path, Config, bool]]:
     return columns
 
 
+def coach_config(cfg: Config, args, run_dir, note: bool = True) -> Config:
+    """The run's config with the coach this command asks for: an endpoint and its key variable
+    come from this command line only, never from the run folder (it may come from anyone)."""
+    from config import ENDPOINT_FIELDS, untrusted_endpoint
+    saved = {k: getattr(cfg, k) for k in ENDPOINT_FIELDS}
+    given = {k: getattr(args, k) for k in ENDPOINT_FIELDS if getattr(args, k) != getattr(Config, k)}
+    endpoint = {**untrusted_endpoint(saved if note else {}, given, run_dir), **given}
+    mode = "generate" if endpoint["coach_url"] else args.coach_mode or cfg.coach
+    return dataclasses.replace(cfg, coach=mode, coach_model=args.coach_model or cfg.coach_model, **endpoint)
+
+
 def eval_column(name: str, run_dir: Path, cfg: Config, base: bool, args, loaded: dict) -> dict:
     """Evaluate one column; writes its JSON and episodes. `loaded` caches the model of one run
     folder: the base column reuses the first run's model with its adapters off (SPEC §6: exactly
@@ -256,8 +272,7 @@ def eval_column(name: str, run_dir: Path, cfg: Config, base: bool, args, loaded:
                              init_from=run_dir / "adapters" if trained else None)
         loaded.update(dir=run_dir, model=model, tokenizer=tokenizer)
     model, tokenizer = loaded["model"], loaded["tokenizer"]
-    coach_cfg = dataclasses.replace(cfg, coach=args.coach_mode or cfg.coach)
-    coach = CoachGuard(make_coach(coach_cfg, model, tokenizer, agents)) if args.coach else None  # local, or --coach-url
+    coach = CoachGuard(make_coach(coach_config(cfg, args, run_dir, note=False), model, tokenizer, agents)) if args.coach else None
     t0 = time.perf_counter()
     episodes = run_episodes(model, tokenizer, cfg, agents, k=args.k, temperature=args.temperature,
                             limit=args.limit, data=args.data, split=args.split, coach=coach,
@@ -294,9 +309,10 @@ def check_columns(columns, args) -> None:
         source = args.data or cfg.eval_data
         load_tasks(cfg.task, source, args.split or default_split(source))
         checkpoint.check_writable(run_dir)
-        if args.coach and cfg.coach_url:
+        coach_cfg = coach_config(cfg, args, run_dir)  # never the run's own endpoint (issue 15)
+        if args.coach and coach_cfg.coach_url:
             from coach_api import check_endpoint
-            check_endpoint(cfg)
+            check_endpoint(coach_cfg)
 
 
 def main(argv=None) -> None:

@@ -67,7 +67,7 @@ def coach_prompt(episode: Episode, action: Action, agents: tuple[Agent, ...], *,
     if agent.uses_code:
         parts.append("## Output of its code\n" + clip_text(action.tool_output or "(no code was run)", tool_chars))
     if episode.workdir is not None:
-        parts.append("## File trail\n" + file_trail(episode, agents, action))
+        parts.append("## File trail\n" + clip_text(file_trail(episode, agents, action), text_chars))
     if reference is not None:
         parts.append(f"## Reference (the agent did not see this)\n{reference}")
     ask = ("Explain briefly, then end with the line\nPROCESS_SCORE: <integer from 0 to 10>" if rationale
@@ -177,13 +177,39 @@ class LLMCoach:
         if not items:
             return []
         convs = [self.prompt(ep, a) for ep, a in items]
+        fits = self.fits(convs)
+        for (_, a), ok in zip(items, fits):
+            if ok is not True:
+                a.coach_text = ok
+        keep = [i for i, ok in enumerate(fits) if ok is True]
+        out: list[float | None] = [None] * len(items)  # too long for the coach: unscored, with the reason
+        if not keep:
+            return out
         with acting_as(self.model, None):
             if self.mode == "logit":
-                return self._logit(convs)
-            scores, texts = self._generate(convs)
-        for (_, a), text in zip(items, texts):  # kept so a person can read why (eval.py show)
-            a.coach_text = text
-        return scores
+                for i, s in zip(keep, self._logit([convs[i] for i in keep])):
+                    out[i] = s
+                return out
+            scores, texts = self._generate([convs[i] for i in keep])
+        for i, score, text in zip(keep, scores, texts):  # kept so a person can read why (eval.py show)
+            items[i][1].coach_text, out[i] = text, score
+        return out
+
+    def fits(self, convs: list[list[dict]]) -> list:
+        """Per prompt: True if it and the coach's reply fit the model's context, else the reason (a
+        str). Checked in tokens before any forward pass: an action can make its prompt huge (a
+        flood of files, a long trail), and an over-long pass errors or runs out of memory."""
+        context = getattr(getattr(self.model, "config", None), "max_position_embeddings", None)
+        if not context:
+            return [True] * len(convs)
+        reply = len(self.prefix_ids) + 2 if self.mode == "logit" else self.max_new_tokens + 64  # + the format retry
+        out = []
+        for c in convs:
+            n = len(render(self.tokenizer, c))
+            out.append(True if n + reply <= context else
+                       f"unscored: the coach prompt has {n} tokens, over the coach's context of {context} "
+                       f"less {reply} for its reply")
+        return out
 
     def _generate(self, convs: list[list[dict]]) -> tuple[list[float | None], list[str]]:
         """(scores, the coach's replies); a format retry's reply is appended to the first one."""
