@@ -37,6 +37,7 @@ class Action:
     score: float | None = None  # coach process score 0..10; None = unscored (excluded, counted)
     reward: float | None = None  # what the update uses, in [0, 1]; None = not trained on
     coach_text: str | None = None  # the coach's rationale in generate mode (eval.py show), else None
+    logprobs: list[float] | None = None  # per action token, as sampled; the update's old policy (train.py)
 
 
 @dataclass
@@ -99,31 +100,79 @@ def pad_left(seqs: list[list[int]], pad_id: int, device) -> tuple[torch.Tensor, 
 
 @torch.no_grad()
 def generate(model, tokenizer, prompts: list[list[int]], max_new_tokens: int, temperature: float,
-             batch_size: int) -> list[tuple[list[int], bool]]:
+             batch_size: int, logprobs: list | None = None) -> list[tuple[list[int], bool]]:
     """Sample one action per prompt, batched. Returns [(action_ids, truncated)] in prompt order.
 
-    Sampling is from the model's plain softmax at `temperature` (no top-k/top-p, no repetition
-    penalty from the model's generation config), so the update's log-probs are the true policy's.
-    Prompts are sorted by length before chunking, which cuts padding.
+    If `logprobs` is a list, it receives, per prompt, the log-probs of the sampled tokens under
+    the distribution they were drawn from (what the update's old policy computes, SPEC §4).
+    Prompts are sorted by length before chunking, which cuts padding; within a chunk, a row that
+    has ended leaves the batch and its KV cache (sample_rows), so the chunk's last steps run on the
+    unfinished rows only.
     """
-    from transformers import GenerationConfig
-
     stops = stop_ids(model, tokenizer)
-    gen_config = GenerationConfig(
-        max_new_tokens=max_new_tokens, do_sample=temperature > 0, temperature=temperature or 1.0,
-        top_k=0, top_p=1.0, repetition_penalty=1.0, eos_token_id=sorted(stops),
-        pad_token_id=tokenizer.pad_token_id)
     model.eval()  # KV cache on, no dropout, no gradient checkpointing
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
     results: list[tuple[list[int], bool]] = [([], True)] * len(prompts)
+    scores: list[list[float]] = [[] for _ in prompts]
     for start in range(0, len(order), batch_size):
         chunk = order[start:start + batch_size]
         ids, mask = pad_left([prompts[i] for i in chunk], tokenizer.pad_token_id, model.device)
-        out = model.generate(input_ids=ids, attention_mask=mask, generation_config=gen_config)
-        for i, row in zip(chunk, out[:, ids.shape[1]:].tolist()):
-            end = next((t for t, tok in enumerate(row) if tok in stops), None)
-            results[i] = (row[:end + 1], False) if end is not None else (row, True)
+        for i, (row, lps, truncated) in zip(chunk, sample_rows(model, ids, mask, max_new_tokens, temperature, stops)):
+            results[i], scores[i] = (row, truncated), lps
+    if logprobs is not None:
+        logprobs[:] = scores
     return results
+
+
+def sample_rows(model, ids: torch.Tensor, mask: torch.Tensor, max_new_tokens: int, temperature: float,
+                stops: set[int]) -> list[tuple[list[int], list[float], bool]]:
+    """The sampling loop over the model's forward with its KV cache; finished rows leave the batch.
+
+    ids, mask [B, L] left-padded -> per row (tokens, their log-probs, truncated). A row ends at its
+    first stop token (kept) or after max_new_tokens (truncated).
+
+    Sampling applies ONLY the temperature: softmax(logits / temperature), then one multinomial draw
+    per row -- no top-k/top-p, no repetition penalty, whatever the model's generation_config says
+    (temperature 0: greedy). So the log-probs recorded here, and the update's, are the true policy's.
+    A finished row is dropped from the batch and from every cache layer (batch_select_indices),
+    which changes no other row's numbers: rows never attend to each other.
+    """
+    B = ids.shape[0]
+    tokens: list[list[int]] = [[] for _ in range(B)]
+    lps: list[list[float]] = [[] for _ in range(B)]
+    truncated = [True] * B
+    rows = torch.arange(B)  # original row index of each row still in the batch
+    pos = (mask.sum(-1) - 1)  # position of each row's last token
+    out = model(input_ids=ids, attention_mask=mask, position_ids=(mask.cumsum(-1) - 1).clamp(min=0),
+                use_cache=True, logits_to_keep=1)
+    stop = torch.tensor(sorted(stops), dtype=torch.long, device=ids.device)
+    for step in range(max_new_tokens):
+        logits = out.logits[:, -1].float()
+        if temperature > 0:
+            logp = torch.log_softmax(logits / temperature, -1)
+            nxt = torch.multinomial(logp.exp(), 1).squeeze(1)
+        else:
+            logp = torch.log_softmax(logits, -1)
+            nxt = logits.argmax(-1)
+        chosen = logp.gather(1, nxt[:, None]).squeeze(1)
+        ended = torch.isin(nxt, stop)
+        for r, t, lp, e in zip(rows.tolist(), nxt.tolist(), chosen.tolist(), ended.tolist()):
+            tokens[r].append(t)
+            lps[r].append(lp)
+            if e:
+                truncated[r] = False
+        keep = (~ended).nonzero().squeeze(1)
+        if keep.numel() == 0 or step == max_new_tokens - 1:
+            break
+        cache = out.past_key_values
+        if keep.numel() < len(rows):  # the finished rows leave the batch and the cache
+            cache.batch_select_indices(keep)
+            rows, mask, pos, nxt = rows[keep.cpu()], mask[keep], pos[keep], nxt[keep]
+        mask = torch.cat([mask, mask.new_ones(mask.shape[0], 1)], 1)
+        pos = pos + 1
+        out = model(input_ids=nxt[:, None], attention_mask=mask, position_ids=pos[:, None],
+                    past_key_values=cache, use_cache=True)
+    return list(zip(tokens, lps, truncated))
 
 
 def rollout(model, tokenizer, agents: tuple[Agent, ...], episodes: list[Episode], *,
@@ -161,13 +210,15 @@ def rollout(model, tokenizer, agents: tuple[Agent, ...], episodes: list[Episode]
             active = live(active)
             if not active:
                 break
+            scores: list = []
             with acting_as(model, agent.name if use_adapters else None):
-                outs = generate(model, tokenizer, [prompts[id(ep)] for ep in active], budget, temperature, batch_size)
+                outs = generate(model, tokenizer, [prompts[id(ep)] for ep in active], budget, temperature, batch_size,
+                                logprobs=scores)
             actions = []
-            for ep, (ids, truncated) in zip(active, outs):
+            for k, (ep, (ids, truncated)) in enumerate(zip(active, outs)):
                 text = tokenizer.decode(ids, skip_special_tokens=True)
                 action = Action(agent.name, turn, [dict(m) for m in convs[id(ep)]], prompts[id(ep)], ids, text,
-                                truncated)
+                                truncated, logprobs=scores[k] if k < len(scores) else None)
                 ep.actions.append(action)
                 finals[id(ep)][agent.name] = text
                 actions.append(action)

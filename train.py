@@ -123,8 +123,9 @@ def update_agent(model, name: str, actions: list[Action], optimizer, cfg: Config
     """One agent's REINFORCE++ update on its own actions of this rollout batch (SPEC §4).
 
     Unscored actions (reward None) and actions cut off by the length limit get no loss and stay
-    out of the baseline. Old-policy and reference log-probs come from batched no-grad passes of
-    the same model: adapter on, then all adapters off. Returns metrics for the log.
+    out of the baseline. Reference log-probs come from a batched no-grad pass with all adapters
+    off; old-policy ones from one with the adapter on, or, with one epoch and one optimiser step,
+    from the training pass itself (one_step_update). Returns metrics for the log.
     """
     train_on = [a for a in actions if a.reward is not None and not a.truncated]
     stats = {"trained": len(train_on), "loss": float("nan"), "kl": float("nan"), "clip_frac": float("nan"),
@@ -135,9 +136,16 @@ def update_agent(model, name: str, actions: list[Action], optimizer, cfg: Config
     mask = torch.zeros(len(train_on), T)
     for i, a in enumerate(train_on):
         mask[i, :len(a.action_ids)] = 1
+    # One epoch, one optimiser step: the training pass's own log-probs, detached, ARE the old
+    # policy's (TRL's num_iterations=1), so the extra no-grad pass is skipped; the KL term, needed
+    # before that pass, reads the log-probs recorded while sampling (docs/speed.md: the mismatch).
+    own_old = one_step_update(train_on, cfg)
     with torch.no_grad():
-        with acting_as(model, name):
-            logp_old = action_logprobs(model, train_on, T, cfg.micro_batch_size, cfg.temperature)
+        if own_old:
+            logp_old = sampled_logprobs(train_on, T)
+        else:
+            with acting_as(model, name):
+                logp_old = action_logprobs(model, train_on, T, cfg.micro_batch_size, cfg.temperature)
         with acting_as(model, None):
             logp_ref = action_logprobs(model, train_on, T, cfg.micro_batch_size, cfg.temperature)
     kl = rl.kl_k1(logp_old, logp_ref)
@@ -164,7 +172,8 @@ def update_agent(model, name: str, actions: list[Action], optimizer, cfg: Config
                 for mc_start in range(0, len(mb), cfg.micro_batch_size):
                     mc = mb[mc_start:mc_start + cfg.micro_batch_size]
                     logp = action_logprobs(model, [train_on[i] for i in mc], T, len(mc), cfg.temperature)
-                    loss, clip_frac = rl.clipped_policy_loss(logp, logp_old[mc], advantages[mc], mask[mc],
+                    old = logp.detach() if own_old else logp_old[mc]
+                    loss, clip_frac = rl.clipped_policy_loss(logp, old, advantages[mc], mask[mc],
                                                              cfg.clip_eps, n_tokens)
                     loss.backward()
                     losses.append(loss.item())
@@ -182,6 +191,21 @@ def update_agent(model, name: str, actions: list[Action], optimizer, cfg: Config
     model.eval()
     stats.update(loss=sum(losses), clip_frac=float(np.mean(clips)) if clips else float("nan"), grad_norm=float(np.mean(norms)) if norms else float("nan"))
     return stats
+
+
+def one_step_update(actions: list[Action], cfg: Config) -> bool:
+    """True when the update is one optimiser step on actions whose sampling log-probs are known:
+    then every training pass runs before the adapter moves, i.e. on the old policy itself."""
+    return cfg.ppo_epochs == 1 and len(actions) <= cfg.minibatch_size and all(
+        a.logprobs is not None and len(a.logprobs) == len(a.action_ids) for a in actions)
+
+
+def sampled_logprobs(actions: list[Action], T: int) -> torch.Tensor:
+    """The rollout's recorded log-probs as [len(actions), T] (0 past each action's end)."""
+    out = torch.zeros(len(actions), T)
+    for i, a in enumerate(actions):
+        out[i, :len(a.logprobs)] = torch.tensor(a.logprobs)
+    return out
 
 
 def action_logprobs(model, actions: list[Action], T: int, micro_batch: int, temperature: float) -> torch.Tensor:

@@ -21,7 +21,7 @@ def scripted(policy, monkeypatch):
     tokenizer, model = policy
     calls = []
 
-    def fake_generate(model_, tokenizer_, prompts, max_new_tokens, temperature, batch_size):
+    def fake_generate(model_, tokenizer_, prompts, max_new_tokens, temperature, batch_size, logprobs=None):
         agent = model_.active_adapter
         turn = sum(1 for a, _ in calls if a == agent)
         calls.append((agent, prompts))
