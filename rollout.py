@@ -116,20 +116,22 @@ def generate(model, tokenizer, prompts: list[list[int]], max_new_tokens: int, te
     scores: list[list[float]] = [[] for _ in prompts]
     for start in range(0, len(order), batch_size):
         chunk = order[start:start + batch_size]
-        ids, mask = pad_left([prompts[i] for i in chunk], tokenizer.pad_token_id, model.device)
-        for i, (row, lps, truncated) in zip(chunk, sample_rows(model, ids, mask, max_new_tokens, temperature, stops)):
+        sampled = sample_rows(model, [prompts[i] for i in chunk], tokenizer.pad_token_id, max_new_tokens,
+                              temperature, stops)
+        for i, (row, lps, truncated) in zip(chunk, sampled):
             results[i], scores[i] = (row, truncated), lps
     if logprobs is not None:
         logprobs[:] = scores
     return results
 
 
-def sample_rows(model, ids: torch.Tensor, mask: torch.Tensor, max_new_tokens: int, temperature: float,
+def sample_rows(model, prompts: list[list[int]], pad_id: int, max_new_tokens: int, temperature: float,
                 stops: set[int]) -> list[tuple[list[int], list[float], bool]]:
     """The sampling loop over the model's forward with its KV cache; finished rows leave the batch.
 
-    ids, mask [B, L] left-padded -> per row (tokens, their log-probs, truncated). A row ends at its
-    first stop token (kept) or after max_new_tokens (truncated).
+    prompts (B token lists) -> per row (tokens, their log-probs, truncated). A row ends at its
+    first stop token (kept) or after max_new_tokens (truncated). The prompts' shared head (the
+    agent's system prompt) is computed once (prefix_forward).
 
     Sampling applies ONLY the temperature: softmax(logits / temperature), then one multinomial draw
     per row -- no top-k/top-p, no repetition penalty, whatever the model's generation_config says
@@ -137,15 +139,19 @@ def sample_rows(model, ids: torch.Tensor, mask: torch.Tensor, max_new_tokens: in
     A finished row is dropped from the batch and from every cache layer (batch_select_indices),
     which changes no other row's numbers: rows never attend to each other.
     """
-    B = ids.shape[0]
+    B = len(prompts)
     tokens: list[list[int]] = [[] for _ in range(B)]
     lps: list[list[float]] = [[] for _ in range(B)]
     truncated = [True] * B
     rows = torch.arange(B)  # original row index of each row still in the batch
-    pos = (mask.sum(-1) - 1)  # position of each row's last token
-    out = model(input_ids=ids, attention_mask=mask, position_ids=(mask.cumsum(-1) - 1).clamp(min=0),
-                use_cache=True, logits_to_keep=1)
-    stop = torch.tensor(sorted(stops), dtype=torch.long, device=ids.device)
+    if B > 1 and shared_prefix(prompts) > 0:
+        out, mask = prefix_forward(model, prompts, pad_id, keep=1, logits_to_keep=1)
+    else:
+        ids, mask = pad_left(prompts, pad_id, model.device)
+        out = model(input_ids=ids, attention_mask=mask, position_ids=(mask.cumsum(-1) - 1).clamp(min=0),
+                    use_cache=True, logits_to_keep=1)
+    pos = mask.sum(-1) - 1  # position of each row's last token
+    stop = torch.tensor(sorted(stops), dtype=torch.long, device=mask.device)
     for step in range(max_new_tokens):
         logits = out.logits[:, -1].float()
         if temperature > 0:
@@ -164,15 +170,51 @@ def sample_rows(model, ids: torch.Tensor, mask: torch.Tensor, max_new_tokens: in
         keep = (~ended).nonzero().squeeze(1)
         if keep.numel() == 0 or step == max_new_tokens - 1:
             break
-        cache = out.past_key_values
+        cache = out.cache
         if keep.numel() < len(rows):  # the finished rows leave the batch and the cache
             cache.batch_select_indices(keep)
             rows, mask, pos, nxt = rows[keep.cpu()], mask[keep], pos[keep], nxt[keep]
         mask = torch.cat([mask, mask.new_ones(mask.shape[0], 1)], 1)
         pos = pos + 1
         out = model(input_ids=nxt[:, None], attention_mask=mask, position_ids=pos[:, None],
-                    past_key_values=cache, use_cache=True)
+                    cache=cache, use_cache=True)
     return list(zip(tokens, lps, truncated))
+
+
+def shared_prefix(seqs: list[list[int]], keep: int = 1) -> int:
+    """Length of the token prefix all seqs share, leaving at least `keep` tokens of each outside it."""
+    n, first = min(len(s) for s in seqs) - keep, seqs[0]
+    for s in seqs[1:]:
+        k = 0
+        while k < n and s[k] == first[k]:
+            k += 1
+        n = k
+    return max(n, 0)
+
+
+def prefix_forward(model, seqs: list[list[int]], pad_id: int, *, keep: int, logits_to_keep: int,
+                   head: int = 0, head_cache=None):
+    """Forward over seqs (no padding in them) whose shared prefix is computed once: (output with
+    its KV cache, attention mask [B, prefix + S]).
+
+    The prefix runs as one row (extending head_cache, a batch-1 cache of the first `head` tokens,
+    which is copied, not changed), its cache is repeated per row, and each row's rest runs
+    left-padded BETWEEN the prefix and the row -- masked, positions continuing from the prefix --
+    so every row's last token sits at the end. Rows never see each other or a pad: the same
+    numbers as one left-padded pass up to float rounding (tests/test_policy.py, test_reward.py)."""
+    import copy
+    dev = model.device
+    own = max(shared_prefix(seqs, keep), head)
+    cache = copy.deepcopy(head_cache) if head_cache is not None else None
+    if own > head:
+        cache = model(input_ids=torch.tensor([seqs[0][head:own]], device=dev), cache=cache, use_cache=True,
+                      position_ids=torch.arange(head, own, device=dev)[None], logits_to_keep=1).cache
+    cache.batch_repeat_interleave(len(seqs))
+    ids, mask = pad_left([s[own:] for s in seqs], pad_id, dev)
+    mask = torch.cat([mask.new_ones(len(seqs), own), mask], 1)
+    pos = (mask.cumsum(-1) - 1)[:, own:]
+    return model(input_ids=ids, attention_mask=mask, position_ids=pos, cache=cache, use_cache=True,
+                 logits_to_keep=logits_to_keep), mask
 
 
 def rollout(model, tokenizer, agents: tuple[Agent, ...], episodes: list[Episode], *,
