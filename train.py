@@ -23,7 +23,7 @@ from agents import PIPELINES, ModelLoadError, acting_as, add_adapters, adapter_p
 from coach_api import make_coach
 from config import Config, UserError, fail, parse_args
 from reward import assign_rewards, grade
-from rollout import Action, Episode, episode_guard, live, new_episodes, pad_left, rollout
+from rollout import Action, Episode, episode_guard, live, new_episodes, pad_left, prefix_forward, rollout, shared_prefix
 from runlog import RunLog, rollout_metrics
 from tasks import DataError, load_tasks, workspace
 
@@ -208,16 +208,31 @@ def sampled_logprobs(actions: list[Action], T: int) -> torch.Tensor:
     return out
 
 
-def action_logprobs(model, actions: list[Action], T: int, micro_batch: int, temperature: float) -> torch.Tensor:
+def action_logprobs(model, actions: list[Action], T: int, micro_batch: int, temperature: float,
+                    share_prefix: bool = True) -> torch.Tensor:
     """log pi(a_t | context) of every action token, in micro-batches. -> [len(actions), T] (0 past the end)
 
     Each row is laid out [left pad, prompt, action, right pad], so every action sits right after
-    its exact generation context and logits are only computed for the action positions."""
+    its exact generation context and logits are only computed for the action positions. Where the
+    rows share a head (the agent's system prompt) it is computed once, gradients included
+    (rollout.prefix_forward; the rows then end in their actions, right-aligned); not under
+    gradient checkpointing, which drops the cache inside checkpointed layers."""
     out = torch.zeros(len(actions), T)
+    checkpointed = model.training and any(getattr(m, "gradient_checkpointing", False) for m in model.modules())
     for start in range(0, len(actions), micro_batch):
         chunk = actions[start:start + micro_batch]
-        P = max(len(a.prompt_ids) for a in chunk)
         Tc = max(len(a.action_ids) for a in chunk)
+        seqs = [a.prompt_ids + a.action_ids for a in chunk]
+        if share_prefix and len(chunk) > 1 and not checkpointed and shared_prefix(seqs, keep=Tc + 1) > 0:
+            logits = prefix_forward(model, seqs, 0, keep=Tc + 1, logits_to_keep=Tc + 1)[0].logits
+            acts = torch.zeros(len(chunk), Tc, dtype=torch.long, device=model.device)
+            for i, a in enumerate(chunk):  # right-aligned: each row ends with its action
+                acts[i, Tc - len(a.action_ids):] = torch.tensor(a.action_ids)
+            logp = rl.token_logprobs(logits[:, :-1], acts, temperature).float().cpu()
+            for i, a in enumerate(chunk):
+                out[start + i, :len(a.action_ids)] = logp[i, Tc - len(a.action_ids):]
+            continue
+        P = max(len(a.prompt_ids) for a in chunk)
         prompts, prompt_mask = pad_left([a.prompt_ids for a in chunk], 0, model.device)
         acts = torch.zeros(len(chunk), Tc, dtype=torch.long, device=model.device)
         act_mask = torch.zeros(len(chunk), Tc, dtype=torch.long, device=model.device)

@@ -5,7 +5,7 @@ import torch
 import agents
 from agents import MATH, acting_as, add_adapters, load_base, make_optimizers
 from config import PRESETS, Config
-from rollout import Action, generate, render
+from rollout import Action, generate, render, shared_prefix
 from train import action_logprobs, one_step_update, update_agent
 
 
@@ -236,3 +236,30 @@ def test_one_epoch_update_uses_its_own_pass_as_the_old_policy(policy):
     moved = [n for n in start if not torch.equal(start[n], slow[n])]
     assert moved and all(torch.allclose(fast[n], slow[n], atol=1e-6) for n in start)
     assert abs(s1["kl"] - s2["kl"]) < 1e-5 and abs(s1["loss"] - s2["loss"]) < 1e-5 and s2["clip_frac"] == 0
+
+
+def test_shared_prefix_logprobs_and_gradients_equal_the_plain_pass(policy):
+    """The update's passes compute the rows' shared head once (gradients flow into it once): the
+    same log-probs and the same LoRA gradients as whole left-padded rows."""
+    tokenizer, model = policy
+    prompts = [render(tokenizer, [{"role": "system", "content": MATH[1].role},
+                                  {"role": "user", "content": "What is " + "2*" * i + "3?"}]) for i in range(5)]
+    torch.manual_seed(1)
+    with acting_as(model, "executor"):
+        outs = generate(model, tokenizer, prompts, 24, 1.0, 5)
+    actions = [Action("executor", 0, [], p, ids, "", t) for p, (ids, t) in zip(prompts, outs)]
+    T = max(len(a.action_ids) for a in actions)
+    assert shared_prefix([a.prompt_ids + a.action_ids for a in actions], keep=T + 1) > 3  # the shared path runs
+    params = agents.adapter_parameters(model, "executor")
+    got = []
+    model.train()
+    with acting_as(model, "executor"):
+        for share in (True, False):
+            model.zero_grad()
+            logp = action_logprobs(model, actions, T, micro_batch=5, temperature=0.7, share_prefix=share)
+            (logp * torch.linspace(-1, 1, T)).sum().backward()
+            got.append((logp.detach(), [p.grad.clone() for p in params]))
+    model.eval()
+    (lp1, g1), (lp2, g2) = got
+    assert torch.allclose(lp1, lp2, atol=1e-5) and lp1.abs().sum() > 0
+    assert all(torch.allclose(a, b, atol=1e-5) for a, b in zip(g1, g2)) and any(a.abs().sum() > 0 for a in g1)
