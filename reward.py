@@ -221,8 +221,13 @@ class LLMCoach:
         head = shared_prefix(seqs, keep=2) if self.prefix_cache else 0
         head_cache = self.model(input_ids=torch.tensor([seqs[0][:head]], device=self.model.device),
                                 use_cache=True, logits_to_keep=1).cache if head else None
-        for start in range(0, len(order), self.batch_size):
-            chunk = order[start:start + self.batch_size]
+        chunks: list[list[int]] = []
+        for i in order:  # a batch holds one group only, so that its rows share the longer prefix
+            if chunks and len(chunks[-1]) < self.batch_size and groups[chunks[-1][0]] == groups[i]:
+                chunks[-1].append(i)
+            else:
+                chunks.append([i])
+        for chunk in chunks:
             if head:
                 logits = prefix_forward(self.model, [seqs[i] for i in chunk], self.tokenizer.pad_token_id, keep=2,
                                         logits_to_keep=2, head=head, head_cache=head_cache)[0].logits.float()

@@ -7,7 +7,7 @@ import time
 
 import torch
 
-from bench import report, rows, sizes
+from bench import measure, report, rows, sizes
 from bench.sizes import GPU_SIZES
 
 
@@ -35,6 +35,8 @@ def parse(argv=None) -> argparse.Namespace:
     p.add_argument("--4bit", dest="four_bit", action=argparse.BooleanOptionalAction, default=None,
                    help="4-bit NF4 base (default: on with CUDA)")
     p.add_argument("--only", default="", help="rows to run, comma-separated: rollout,coach,step,memory,sizes,sandbox")
+    p.add_argument("--clock", default="wall", choices=["wall", "cpu"],
+                   help="what rows 1-3 time: wall, or this process's CPU time (steadier on shared cores; use with --threads 1)")
     p.add_argument("--json", default="", help="also write every number to this file")
     p.add_argument("--child", default="", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
@@ -63,6 +65,7 @@ def main(argv=None) -> None:
     args = parse(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
+    measure.set_clock(args.clock)
     if args.child:
         print("BENCH_CHILD " + json.dumps(sizes.run_child(args)), flush=True)
         return

@@ -118,7 +118,7 @@ def header(args, ctx_params: int | None) -> str:
     return (f"python -m bench {datetime.now():%Y-%m-%d %H:%M}  device {args.device} ({where})  load avg "
             f"{os.getloadavg()[0]:.1f}\nmodel {args.model} ({size}, {'4-bit' if args.four_bit else 'full precision'}), "
             f"batch {args.batch} episodes, <= {args.max_new_tokens} new tokens per action, median [min-max] of "
-            f"{args.reps} reps after 1 warm-up\ntorch {torch.__version__}, transformers {transformers.__version__}, "
+            f"{args.reps} reps after 1 warm-up, clock {getattr(args, 'clock', 'wall')}\ntorch {torch.__version__}, transformers {transformers.__version__}, "
             f"peft {peft.__version__}, trl {trl_v}")
 
 

@@ -2,6 +2,7 @@
 4-bit random models of the GPU rows, and one-line usage errors. No timing assertions."""
 import json
 import os
+import time
 from types import SimpleNamespace
 
 import pytest
@@ -27,6 +28,18 @@ def test_repeat_interleaves_the_sides_and_drops_the_warmup():
 def test_a_function_may_time_itself():
     runs = bench_measure.repeat({"x": lambda: {"seconds": 42.0}}, reps=2, warmup=0)
     assert bench_measure.seconds(runs["x"]) == [42.0, 42.0]
+
+
+def test_the_cpu_clock_leaves_out_waiting():
+    """--clock cpu times this process's CPU work: a sleep (time spent waiting, as on busy cores) adds nothing."""
+    nap = lambda: time.sleep(0.3) or {}  # noqa: E731
+    try:
+        bench_measure.set_clock("cpu")
+        cpu = bench_measure.repeat({"nap": nap}, reps=1, warmup=0)["nap"][0]["seconds"]
+    finally:
+        bench_measure.set_clock("wall")
+    wall = bench_measure.repeat({"nap": nap}, reps=1, warmup=0)["nap"][0]["seconds"]
+    assert cpu < 0.1 <= 0.3 <= wall
 
 
 def test_spread_and_rates():
