@@ -184,7 +184,8 @@ def bench_steps(ctx, args) -> dict:
     mappa, state = [], {"i": 0}
 
     def step():
-        run = mappa_step(ctx, args, c)
+        with torch.random.fork_rng():  # TRL's sampling must not depend on how much RNG MAPPA's step drew
+            run = mappa_step(ctx, args, c)
         if state["i"] > 0:  # the first is the warm-up
             mappa.append(run)
         state["i"] += 1
