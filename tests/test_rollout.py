@@ -92,3 +92,13 @@ def test_templates_without_tool_or_system_roles_fold_them_into_user_turns(policy
                                              {"role": "assistant", "content": "A"}, {"role": "tool", "content": "OUT"}])
     text = tokenizer.decode(ids)
     assert "ROLE\n\nQ" in text and "Tool output:\nOUT" in text
+
+
+def test_the_sample_log_leaves_out_token_level_fields():
+    """Actions now carry their sampling log-probs; the JSONL sample log keeps only the readable parts."""
+    from runlog import episode_record
+    ep = Episode(Problem("p", "q", "5"), "q")
+    ep.actions.append(rollout.Action("solver", 0, [], [1, 2], [3, 4], "x", False, logprobs=[-0.5, -0.1]))
+    action = episode_record(ep, 1)["actions"][0]
+    assert action["tokens"] == 2 and action["text"] == "x"
+    assert not {"prompt_ids", "action_ids", "logprobs"} & set(action)
