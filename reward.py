@@ -18,7 +18,7 @@ import sys
 import torch
 
 from agents import Agent, acting_as
-from rollout import Action, Episode, generate, pad_left, render
+from rollout import Action, Episode, generate, pad_left, prefix_forward, render, shared_prefix
 
 COACH_SYSTEM = ("You are a coach who evaluates the work of one agent in a team of AI agents. "
                 "You are fair, specific and strict.")
@@ -50,18 +50,27 @@ def clip_text(text: str, limit: int) -> str:
 
 def coach_prompt(episode: Episode, action: Action, agents: tuple[Agent, ...], *, reference: str | None,
                  rationale: bool, tool_chars: int = 2000, text_chars: int = 6000) -> str:
-    """The coach's user message for one action (see the module docstring for what it contains)."""
+    """The coach's user message for one action (see the module docstring for what it contains).
+
+    The text that is the same for every action comes first (the job, the team), then what is the
+    same for every action of this agent (its role), then this episode's: so the logit coach
+    computes the shared head once per step (LLMCoach._logit). The task, which the agent's input
+    repeats, is shown once."""
     agent = next(a for a in agents if a.name == action.agent)
     team = "\n".join(f"{i + 1}. {a.title}" + (" (runs Python)" if a.uses_code else "")
                      for i, a in enumerate(agents))
     seen = "\n\n".join(f"[{m['role']}]\n{m['content']}" for m in action.messages if m["role"] != "system")
+    if 40 < len(episode.text) <= text_chars:  # the agent's input quotes the task, shown whole above
+        seen = seen.replace(episode.text, "(the task, as above)")
     parts = [
-        f"## Task\n{clip_text(episode.text, text_chars)}",
+        "## Your job\nScore how well one action of one agent in this team does that agent's job, from 0 "
+        "(useless or harmful) to 10 (perfect). Judge this agent only: do not blame it for mistakes in its "
+        "input that it could not fix, and do not credit it for its teammates' work.",
         f"## The team, in order\n{team}",
-        f"## The agent to evaluate: {agent.title}, action {action.turn + 1} of at most {agent.max_actions}\n"
-        f"Its role: {agent.role}",
+        f"## The agent to evaluate: {agent.title}\nIts role: {agent.role}",
+        f"## Task\n{clip_text(episode.text, text_chars)}",
         f"## What the agent saw\n{clip_text(seen, text_chars)}",
-        f"## The agent's action\n{clip_text(action.text, text_chars)}"
+        f"## The agent's action {action.turn + 1} of at most {agent.max_actions}\n{clip_text(action.text, text_chars)}"
         + ("\n[cut off by the length limit]" if action.truncated else ""),
     ]
     if agent.uses_code:
@@ -70,11 +79,8 @@ def coach_prompt(episode: Episode, action: Action, agents: tuple[Agent, ...], *,
         parts.append("## File trail\n" + clip_text(file_trail(episode, agents, action), text_chars))
     if reference is not None:
         parts.append(f"## Reference (the agent did not see this)\n{reference}")
-    ask = ("Explain briefly, then end with the line\nPROCESS_SCORE: <integer from 0 to 10>" if rationale
-           else "Reply with the line PROCESS_SCORE: <integer from 0 to 10>")
-    parts.append("## Your job\nScore how well this action does this agent's job, from 0 (useless or "
-                 "harmful) to 10 (perfect). Judge this agent only: do not blame it for mistakes in its "
-                 "input that it could not fix, and do not credit it for its teammates' work. " + ask)
+    parts.append("Explain briefly, then end with the line\nPROCESS_SCORE: <integer from 0 to 10>" if rationale
+                 else "Reply with the line PROCESS_SCORE: <integer from 0 to 10>")
     return "\n\n".join(parts)
 
 
@@ -165,6 +171,7 @@ class LLMCoach:
         self.show_answer, self.max_new_tokens = show_answer, max_new_tokens
         self.batch_size, self.tool_chars = batch_size, tool_chars
         self.retries = 0
+        self.prefix_cache = True  # logit mode: run the prompts' shared head once (False: the plain path)
         if mode == "logit":
             self.prefix_ids, self.candidates = score_candidates(tokenizer)
 
@@ -187,7 +194,7 @@ class LLMCoach:
             return out
         with acting_as(self.model, None):
             if self.mode == "logit":
-                for i, s in zip(keep, self._logit([convs[i] for i in keep])):
+                for i, s in zip(keep, self._logit([convs[i] for i in keep], [items[i][1].agent for i in keep])):
                     out[i] = s
                 return out
             scores, texts = self._generate([convs[i] for i in keep])
@@ -231,21 +238,39 @@ class LLMCoach:
         return scores, texts
 
     @torch.no_grad()
-    def _logit(self, convs: list[list[dict]]) -> list[float]:
-        """One forward pass per batch over prompt + "PROCESS_SCORE: " + the first token of "10"."""
+    def _logit(self, convs: list[list[dict]], groups: list | None = None) -> list[float]:
+        """One forward pass per batch over prompt + "PROCESS_SCORE: " + the first token of "10".
+
+        The token prefix every prompt shares (the coach's fixed text, coach_prompt) is run once per
+        call and its KV cache copied into each batch; batches are formed per group (the agent),
+        whose longer shared prefix (the role) is run once per batch. Same scores as the plain
+        path (prefix_cache=False) up to float rounding (tests/test_reward.py)."""
         second = next((ids[0] for ids in self.candidates.values() if len(ids) == 2), None)
         seqs = [render(self.tokenizer, c) + self.prefix_ids + ([second] if second is not None else [])
                 for c in convs]
         values = torch.arange(11, dtype=torch.float32)
         scores = [0.0] * len(seqs)
-        order = sorted(range(len(seqs)), key=lambda i: len(seqs[i]))
+        groups = groups if groups is not None and self.prefix_cache else [0] * len(seqs)
+        order = sorted(range(len(seqs)), key=lambda i: (str(groups[i]), len(seqs[i])))
         self.model.eval()
-        for start in range(0, len(order), self.batch_size):
-            chunk = order[start:start + self.batch_size]
-            ids, mask = pad_left([seqs[i] for i in chunk], self.tokenizer.pad_token_id, self.model.device)
-            pos = (mask.cumsum(-1) - 1).clamp(min=0)
-            logits = self.model(input_ids=ids, attention_mask=mask, position_ids=pos,
-                                logits_to_keep=2).logits.float()
+        head = shared_prefix(seqs, keep=2) if self.prefix_cache else 0
+        head_cache = self.model(input_ids=torch.tensor([seqs[0][:head]], device=self.model.device),
+                                use_cache=True, logits_to_keep=1).cache if head else None
+        chunks: list[list[int]] = []
+        for i in order:  # a batch holds one group only, so that its rows share the longer prefix
+            if chunks and len(chunks[-1]) < self.batch_size and groups[chunks[-1][0]] == groups[i]:
+                chunks[-1].append(i)
+            else:
+                chunks.append([i])
+        for chunk in chunks:
+            if head:
+                logits = prefix_forward(self.model, [seqs[i] for i in chunk], self.tokenizer.pad_token_id, keep=2,
+                                        logits_to_keep=2, head=head, head_cache=head_cache)[0].logits.float()
+            else:
+                ids, mask = pad_left([seqs[i] for i in chunk], self.tokenizer.pad_token_id, self.model.device)
+                pos = (mask.cumsum(-1) - 1).clamp(min=0)
+                logits = self.model(input_ids=ids, attention_mask=mask, position_ids=pos,
+                                    logits_to_keep=2).logits.float()
             if second is None:
                 p1, p2 = logits[:, -1].softmax(-1), None
             else:

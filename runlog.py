@@ -73,7 +73,7 @@ def episode_record(ep: Episode, step: int | None = None) -> dict:
     actions = []
     for a in ep.actions:
         d = asdict(a)
-        for key in ("prompt_ids", "action_ids"):
+        for key in ("prompt_ids", "action_ids", "logprobs"):  # token-level: not for the sample log
             d.pop(key)
         d["tokens"] = len(a.action_ids)
         actions.append(d)

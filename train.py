@@ -25,7 +25,7 @@ from agents import PIPELINES, ModelLoadError, acting_as, add_adapters, adapter_p
 from coach_api import make_coach
 from config import Config, UserError, fail, parse_args
 from reward import CoachGuard, assign_rewards, grade
-from rollout import Action, Episode, episode_guard, live, new_episodes, pad_left, rollout
+from rollout import Action, episode_guard, live, new_episodes, pad_left, prefix_forward, rollout, shared_prefix
 from runlog import Progress, RunLog, rollout_metrics, tracker_module
 from tasks import DataError, load_tasks, workspace
 
@@ -142,8 +142,9 @@ def update_agent(model, name: str, actions: list[Action], optimizer, cfg: Config
     """One agent's REINFORCE++ update on its own actions of this rollout batch (SPEC §4).
 
     Unscored actions (reward None) and actions cut off by the length limit get no loss and stay
-    out of the baseline. Old-policy and reference log-probs come from batched no-grad passes of
-    the same model: adapter on, then all adapters off. Returns metrics for the log.
+    out of the baseline. Reference log-probs come from a batched no-grad pass with all adapters
+    off; old-policy ones from one with the adapter on, or, with one epoch and one optimiser step,
+    from the training pass itself (one_step_update). Returns metrics for the log.
     """
     train_on = [a for a in actions if a.reward is not None and not a.truncated]
     stats = {"trained": len(train_on), "tokens": 0, "loss": float("nan"), "kl": float("nan"),
@@ -155,9 +156,16 @@ def update_agent(model, name: str, actions: list[Action], optimizer, cfg: Config
     mask = torch.zeros(len(train_on), T)
     for i, a in enumerate(train_on):
         mask[i, :len(a.action_ids)] = 1
+    # One epoch, one optimiser step: the training pass's own log-probs, detached, ARE the old
+    # policy's (TRL's num_iterations=1), so the extra no-grad pass is skipped; the KL term, needed
+    # before that pass, reads the log-probs recorded while sampling (docs/speed.md: the mismatch).
+    own_old = one_step_update(train_on, cfg)
     with torch.no_grad():
-        with acting_as(model, name):
-            logp_old = action_logprobs(model, train_on, T, cfg.micro_batch_size, cfg.temperature)
+        if own_old:
+            logp_old = sampled_logprobs(train_on, T)
+        else:
+            with acting_as(model, name):
+                logp_old = action_logprobs(model, train_on, T, cfg.micro_batch_size, cfg.temperature)
         with acting_as(model, None):
             logp_ref = action_logprobs(model, train_on, T, cfg.micro_batch_size, cfg.temperature)
     kl = rl.kl_k1(logp_old, logp_ref)
@@ -185,8 +193,9 @@ def update_agent(model, name: str, actions: list[Action], optimizer, cfg: Config
                 for mc_start in range(0, len(mb), cfg.micro_batch_size):
                     mc = mb[mc_start:mc_start + cfg.micro_batch_size]
                     logp = action_logprobs(model, [train_on[i] for i in mc], T, len(mc), cfg.temperature)
+                    old = logp.detach() if own_old else logp_old[mc]
                     weights = rl.loss_weights(mask[mc], cfg.loss_mean, n_tokens, n_actions)
-                    loss, clip_frac = rl.clipped_policy_loss(logp, logp_old[mc], advantages[mc], mask[mc],
+                    loss, clip_frac = rl.clipped_policy_loss(logp, old, advantages[mc], mask[mc],
                                                              cfg.clip_eps, weights=weights)
                     loss.backward()
                     mb_loss += loss.item()
@@ -227,16 +236,46 @@ def compute_advantages(rewards: torch.Tensor, kl: torch.Tensor, mask: torch.Tens
     return rl.normalize_advantages(returns, mask, moments), flag
 
 
-def action_logprobs(model, actions: list[Action], T: int, micro_batch: int, temperature: float) -> torch.Tensor:
+def one_step_update(actions: list[Action], cfg: Config) -> bool:
+    """True when the update is one optimiser step on actions whose sampling log-probs are known:
+    then every training pass runs before the adapter moves, i.e. on the old policy itself."""
+    return cfg.ppo_epochs == 1 and len(actions) <= cfg.minibatch_size and all(
+        a.logprobs is not None and len(a.logprobs) == len(a.action_ids) for a in actions)
+
+
+def sampled_logprobs(actions: list[Action], T: int) -> torch.Tensor:
+    """The rollout's recorded log-probs as [len(actions), T] (0 past each action's end)."""
+    out = torch.zeros(len(actions), T)
+    for i, a in enumerate(actions):
+        out[i, :len(a.logprobs)] = torch.tensor(a.logprobs)
+    return out
+
+
+def action_logprobs(model, actions: list[Action], T: int, micro_batch: int, temperature: float,
+                    share_prefix: bool = True) -> torch.Tensor:
     """log pi(a_t | context) of every action token, in micro-batches. -> [len(actions), T] (0 past the end)
 
     Each row is laid out [left pad, prompt, action, right pad], so every action sits right after
-    its exact generation context and logits are only computed for the action positions."""
+    its exact generation context and logits are only computed for the action positions. Where the
+    rows share a head (the agent's system prompt) it is computed once, gradients included
+    (rollout.prefix_forward; the rows then end in their actions, right-aligned); not under
+    gradient checkpointing, which drops the cache inside checkpointed layers."""
     out = torch.zeros(len(actions), T)
+    checkpointed = model.training and any(getattr(m, "gradient_checkpointing", False) for m in model.modules())
     for start in range(0, len(actions), micro_batch):
         chunk = actions[start:start + micro_batch]
-        P = max(len(a.prompt_ids) for a in chunk)
         Tc = max(len(a.action_ids) for a in chunk)
+        seqs = [a.prompt_ids + a.action_ids for a in chunk]
+        if share_prefix and len(chunk) > 1 and not checkpointed and shared_prefix(seqs, keep=Tc + 1) > 0:
+            logits = prefix_forward(model, seqs, 0, keep=Tc + 1, logits_to_keep=Tc + 1)[0].logits
+            acts = torch.zeros(len(chunk), Tc, dtype=torch.long, device=model.device)
+            for i, a in enumerate(chunk):  # right-aligned: each row ends with its action
+                acts[i, Tc - len(a.action_ids):] = torch.tensor(a.action_ids)
+            logp = rl.token_logprobs(logits[:, :-1], acts, temperature).float().cpu()
+            for i, a in enumerate(chunk):
+                out[start + i, :len(a.action_ids)] = logp[i, Tc - len(a.action_ids):]
+            continue
+        P = max(len(a.prompt_ids) for a in chunk)
         prompts, prompt_mask = pad_left([a.prompt_ids for a in chunk], 0, model.device)
         acts = torch.zeros(len(chunk), Tc, dtype=torch.long, device=model.device)
         act_mask = torch.zeros(len(chunk), Tc, dtype=torch.long, device=model.device)

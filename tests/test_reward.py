@@ -84,6 +84,26 @@ def test_logit_coach_equals_brute_force_sequence_probabilities(policy):
         assert 0 <= score <= 10
 
 
+def test_logit_coach_with_the_shared_prefix_cache_equals_the_plain_pass(policy):
+    """The shared head run once (and per agent batch) + padded rests == whole prompts, left-padded."""
+    tokenizer, model = policy
+    long_task = "A farmer has 17 sheep and buys 5 more each week. How many sheep after 3 weeks?"
+    eps = [episode_with_actions(tokenizer) for _ in range(3)]
+    eps[1].text, eps[1].task = long_task, Problem("p2", long_task, "32")
+    eps[2].actions[0].text += " and more words " * 7  # rows of one agent batch differ in length
+    for ep in eps:
+        for a in ep.actions:
+            a.messages[1]["content"] += "\n" + ep.text
+    items = [(ep, a) for ep in eps for a in ep.actions]
+    coach = LLMCoach(model, tokenizer, MATH, mode="logit", batch_size=2)
+    cached = coach.score(items)
+    coach.prefix_cache = False
+    plain = coach.score(items)
+    assert cached == pytest.approx(plain, abs=1e-5) and len(set(plain)) > 3
+    text = coach.prompt(eps[1], eps[1].actions[0])[1]["content"]
+    assert text.count(long_task) == 1 and "(the task, as above)" in text  # shown once, whole
+
+
 def test_generate_coach_retries_once_then_leaves_the_action_unscored(policy):
     """A coach that never writes the score line (a random model) scores nothing: no default."""
     tokenizer, model = policy

@@ -21,7 +21,7 @@ def scripted(policy, monkeypatch):
     tokenizer, model = policy
     calls = []
 
-    def fake_generate(model_, tokenizer_, prompts, max_new_tokens, temperature, batch_size):
+    def fake_generate(model_, tokenizer_, prompts, max_new_tokens, temperature, batch_size, logprobs=None):
         agent = model_.active_adapter
         turn = sum(1 for a, _ in calls if a == agent)
         calls.append((agent, prompts))
@@ -100,7 +100,7 @@ def test_max_new_tokens_flag_wins_over_the_agents_default(policy, monkeypatch):
     tokenizer, model = policy
     budgets = {}
 
-    def fake_generate(model_, tokenizer_, prompts, max_new_tokens, temperature, batch_size):
+    def fake_generate(model_, tokenizer_, prompts, max_new_tokens, temperature, batch_size, logprobs=None):
         budgets[model_.active_adapter] = max_new_tokens
         return [([tokenizer.eos_token_id], False)] * len(prompts)
 
@@ -115,9 +115,8 @@ def test_max_new_tokens_flag_wins_over_the_agents_default(policy, monkeypatch):
 
 def test_sampling_ignores_the_models_generation_config(policy):
     """A model whose generation_config sets min_p, no_repeat_ngram_size, top_k, a repetition penalty
-    and a forced EOS must still sample from softmax(logits / T): generate's processed scores equal
-    the raw logits / T at every step, its samples equal a clean model's, and the update's log-probs
-    (train.action_logprobs) equal log_softmax of those scores at the sampled tokens."""
+    and a forced EOS must still sample from softmax(logits / T): the samples equal a clean model's,
+    and the log-probs recorded while sampling equal the update's (train.action_logprobs)."""
     import torch
     from transformers import GenerationConfig
 
@@ -129,29 +128,27 @@ def test_sampling_ignores_the_models_generation_config(policy):
     with acting_as(model, "solver"):
         torch.manual_seed(0)
         clean = rollout.generate(model, tokenizer, prompts, 16, 0.7, 2)
-        polluted = GenerationConfig(min_p=0.3, no_repeat_ngram_size=1, top_k=2, repetition_penalty=1.5,
-                                    forced_eos_token_id=tokenizer.eos_token_id, max_length=60,
-                                    eos_token_id=inner.generation_config.eos_token_id,
-                                    pad_token_id=tokenizer.pad_token_id)
-        inner.generation_config = polluted
+        inner.generation_config = GenerationConfig(
+            min_p=0.3, no_repeat_ngram_size=1, top_k=2, repetition_penalty=1.5, do_sample=True,
+            forced_eos_token_id=tokenizer.eos_token_id, max_length=60,
+            eos_token_id=inner.generation_config.eos_token_id, pad_token_id=tokenizer.pad_token_id)
         torch.manual_seed(0)
-        assert rollout.generate(model, tokenizer, prompts, 16, 0.7, 2) == clean
-        assert inner.generation_config is polluted  # put back after the call
-        ids, mask = rollout.pad_left(prompts, tokenizer.pad_token_id, model.device)
-        config = GenerationConfig(**rollout.sampling_kwargs(0.7, 16), pad_token_id=tokenizer.pad_token_id,
-                                  eos_token_id=[], output_scores=True, output_logits=True, return_dict_in_generate=True)
-        with rollout.plain_sampling(model):
-            out = model.generate(input_ids=ids, attention_mask=mask, generation_config=config)
-        for scores, logits in zip(out.scores, out.logits):
-            assert torch.allclose(scores, logits / 0.7, atol=1e-6)  # no processor touched them
-        # without plain_sampling the model's config leaks in: the control that gives this test teeth
-        leaky = model.generate(input_ids=ids, attention_mask=mask, generation_config=config)
-        assert any(not torch.allclose(s, lg / 0.7) for s, lg in zip(leaky.scores, leaky.logits))
-        sampled = out.sequences[:, ids.shape[1]:]
-        from_generate = torch.stack([torch.log_softmax(s, -1).gather(-1, sampled[:, t:t + 1]).squeeze(-1)
-                                     for t, s in enumerate(out.scores)], 1)
-        actions = [rollout.Action("solver", 0, [], p, sampled[i].tolist(), "", False) for i, p in enumerate(prompts)]
+        recorded: list = []
+        assert rollout.generate(model, tokenizer, prompts, 16, 0.7, 2, logprobs=recorded) == clean
+        actions = [rollout.Action("solver", 0, [], p, ids, "", t) for p, (ids, t) in zip(prompts, clean)]
+        T = max(len(a.action_ids) for a in actions)
         model.eval()
         with torch.no_grad():
-            update = action_logprobs(model, actions, sampled.shape[1], 2, 0.7)
-    assert torch.allclose(update, from_generate, atol=1e-4)
+            update = action_logprobs(model, actions, T, 2, 0.7)
+    for i, lps in enumerate(recorded):
+        assert torch.allclose(update[i, :len(lps)], torch.tensor(lps), atol=1e-4)
+
+
+def test_the_sample_log_leaves_out_token_level_fields():
+    """Actions now carry their sampling log-probs; the JSONL sample log keeps only the readable parts."""
+    from runlog import episode_record
+    ep = Episode(Problem("p", "q", "5"), "q")
+    ep.actions.append(rollout.Action("solver", 0, [], [1, 2], [3, 4], "x", False, logprobs=[-0.5, -0.1]))
+    action = episode_record(ep, 1)["actions"][0]
+    assert action["tokens"] == 2 and action["text"] == "x"
+    assert not {"prompt_ids", "action_ids", "logprobs"} & set(action)
