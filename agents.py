@@ -29,7 +29,7 @@ class Agent:
     input: str                   # user-turn template: {task}, {files}, {<agent>}, {<agent>_tool}
     max_actions: int = 1         # actions per episode (a code agent acts again after its tool output)
     uses_code: bool = False      # run its ```python blocks in the sandbox
-    max_new_tokens: int = 1024   # per action; the config can only lower it
+    max_new_tokens: int | None = None  # per-action cap of this agent; None: --max-new-tokens decides
     writes: tuple[str, ...] = ()  # files its actions must leave in the workspace (data task)
 
 
@@ -219,21 +219,27 @@ def adapter_parameters(model, name: str) -> list[torch.nn.Parameter]:
     return [p for n, p in model.named_parameters() if f".{name}." in n and "lora_" in n]
 
 
-def make_optimizers(model, agents, lr: float, weight_decay: float = 0.0, warmup_steps: int = 0):
-    """One AdamW (and LR schedule) per adapter.
+def make_optimizers(model, agents, lr: float, weight_decay: float = 0.0, warmup_steps: int = 0,
+                    betas: tuple[float, float] = (0.9, 0.999), schedule: str = "constant",
+                    total_steps: dict[str, int] | None = None):
+    """One AdamW (and LR schedule, `rl.lr_factor`) per adapter. total_steps: each agent's planned
+    optimiser steps (for --lr-schedule cosine).
 
     One optimiser over all adapters would move the idle ones: their grads are zero but their Adam
     moments are not (SPEC §6).
     """
+    from rl import lr_factor
+
     optimizers, schedulers = {}, {}
     for a in agents:
         params = adapter_parameters(model, a.name)
         for p in params:  # set_adapter() freezes the others; the optimiser still owns them all
             p.requires_grad_(True)
-        opt = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+        opt = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, betas=betas)
         optimizers[a.name] = opt
+        total = (total_steps or {}).get(a.name, 1)
         schedulers[a.name] = torch.optim.lr_scheduler.LambdaLR(
-            opt, lambda step: min(1.0, (step + 1) / (warmup_steps + 1)))
+            opt, lambda step, total=total: lr_factor(step, warmup_steps, total, schedule))
     return optimizers, schedulers
 
 

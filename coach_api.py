@@ -9,27 +9,38 @@ retry), so the two coaches read exactly the same thing. The rules of the wire:
   replies are retried `retries` times with exponential backoff (honouring Retry-After);
 - a reply without a score line gets one format retry (SPEC §3);
 - after that the action is *unscored* (None): counted in the logs, never a crash, never a made-up
-  score.
-Only the standard library (urllib and a thread pool): no new dependency.
+  score;
+- `timeout` is a total deadline per request (connect, send, headers, body), not per socket read: a
+  server that drips one byte a second cannot hold a request longer; a reply body is read up to
+  MAX_REPLY_BYTES and no further (issue 15);
+- a redirect is followed only to the same origin (scheme, host, port) and only with 307/308, which
+  keep the POST; any other one fails the request, so the API key never reaches another host.
+Only the standard library (http.client and a thread pool): no new dependency.
 """
 import http.client
 import json
 import os
 import random
+import socket
 import sys
 import threading
 import time
-import urllib.error
-import urllib.request
+import urllib.parse
 from concurrent.futures import ThreadPoolExecutor
 
 from reward import RETRY, LLMCoach, coach_messages, parse_score
 
 MAX_DELAY = 60.0  # seconds: cap on one backoff wait, also on a server's Retry-After
+MAX_REPLY_BYTES = 1 << 20  # a chat completion with a 256-token score rationale is a few KB
+MAX_REDIRECTS = 3
 
 
 class EndpointError(Exception):
     """A chat completion that failed for good (after the retries, or a non-retryable status)."""
+
+    def __init__(self, message: str, status: int | None = None):
+        super().__init__(message)
+        self.status = status  # the HTTP status of a non-retryable reply (400, 401, 404, ...)
 
 
 def chat_url(url: str) -> str:
@@ -45,6 +56,61 @@ def reply_text(raw: bytes) -> str:
     except (ValueError, KeyError, IndexError, TypeError) as e:
         raise ValueError(f"not a chat-completions reply ({type(e).__name__}): {raw[:120]!r}") from None
     return content or ""
+
+
+def origin(url: str) -> tuple[str, str, int]:
+    parts = urllib.parse.urlsplit(url)
+    return parts.scheme, (parts.hostname or "").lower(), parts.port or (443 if parts.scheme == "https" else 80)
+
+
+def post(url: str, body: bytes, headers: dict, timeout: float, max_bytes: int = MAX_REPLY_BYTES) -> tuple[int, dict, bytes]:
+    """One HTTP POST: (status, headers, body), the whole exchange within `timeout` seconds. At the
+    deadline a timer shuts the socket down, which ends any blocked read (a per-read timeout alone
+    lets a server that sends a byte a second hold the request forever). Raises TimeoutError at the
+    deadline, ValueError for a body over max_bytes, OSError / HTTPException for the rest."""
+    deadline = time.monotonic() + timeout
+    for _ in range(MAX_REDIRECTS + 1):
+        parts = urllib.parse.urlsplit(url)
+        cls = http.client.HTTPSConnection if parts.scheme == "https" else http.client.HTTPConnection
+        conn = cls(parts.hostname, parts.port, timeout=max(0.01, deadline - time.monotonic()))
+        expired = threading.Event()
+
+        def cut():
+            expired.set()
+            if conn.sock is not None:
+                try:
+                    conn.sock.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+        timer = threading.Timer(max(0.0, deadline - time.monotonic()), cut)
+        timer.daemon = True
+        timer.start()
+        try:
+            conn.request("POST", (parts.path or "/") + (f"?{parts.query}" if parts.query else ""), body, headers)
+            response = conn.getresponse()
+            length = response.getheader("Content-Length")
+            if length and length.isdigit() and int(length) > max_bytes:
+                raise ValueError(f"reply of {int(length)} bytes, over the {max_bytes}-byte cap")
+            data = response.read(max_bytes + 1)
+            if len(data) > max_bytes:
+                raise ValueError(f"reply over the {max_bytes}-byte cap")
+            status, reply_headers = response.status, {k.lower(): v for k, v in response.getheaders()}
+        except (OSError, http.client.HTTPException):
+            if expired.is_set():
+                raise TimeoutError(f"no complete reply within {timeout:g} s") from None
+            raise
+        finally:
+            timer.cancel()
+            conn.close()
+        if expired.is_set():
+            raise TimeoutError(f"no complete reply within {timeout:g} s")
+        if status not in (301, 302, 303, 307, 308):
+            return status, reply_headers, data
+        target = urllib.parse.urljoin(url, reply_headers.get("location", ""))
+        if status not in (307, 308) or origin(target) != origin(url):
+            return status, {**reply_headers, "x-not-followed": target}, data
+        url = target
+    raise OSError(f"more than {MAX_REDIRECTS} redirects")
 
 
 def backoff_delay(attempt: int, base: float, retry_after: str | None, rng: random.Random) -> float:
@@ -121,23 +187,47 @@ class APICoach:
             if attempt:
                 time.sleep(backoff_delay(attempt, self.backoff, retry_after, self._rng))
             retry_after = None
-            request = urllib.request.Request(self.url, data=body, headers=headers, method="POST")
             try:
-                with urllib.request.urlopen(request, timeout=self.timeout) as response:
-                    return reply_text(response.read())
-            except urllib.error.HTTPError as e:
-                try:
-                    detail = e.read()[:200].decode(errors="replace")
-                except (OSError, http.client.HTTPException):  # the body of an error may be cut off too
-                    detail = ""
-                if e.code not in (408, 429) and e.code < 500:  # 400/401/404: a bad request, key or model name
-                    raise EndpointError(f"HTTP {e.code}: {detail}") from None
-                error, retry_after = f"HTTP {e.code} after {attempt + 1} attempts", e.headers.get("Retry-After")
-            except (urllib.error.URLError, http.client.HTTPException, TimeoutError, OSError) as e:
-                error = f"{getattr(e, 'reason', None) or e} after {attempt + 1} attempts"
-            except ValueError as e:  # a 200 whose body is not a chat completion
+                code, reply_headers, data = post(self.url, body, headers, self.timeout)
+                if code == 200:
+                    return reply_text(data)
+                if "x-not-followed" in reply_headers:  # never retried: the key stays with this origin
+                    raise EndpointError(f"HTTP {code}: redirected to {reply_headers['x-not-followed']}, not "
+                                        "followed (another origin, or not a 307/308); pass that URL as --coach-url", code)
+                if code not in (408, 429) and code < 500:  # 400/401/404: a bad request, key or model name
+                    raise EndpointError(f"HTTP {code}: {data[:200].decode(errors='replace')}", code)
+                error, retry_after = f"HTTP {code} after {attempt + 1} attempts", reply_headers.get("retry-after")
+            except (http.client.HTTPException, OSError) as e:  # TimeoutError, refused, reset, ...
+                error = f"{e} after {attempt + 1} attempts"
+            except ValueError as e:  # a 200 whose body is not a chat completion, or too big
                 error = f"{e} after {attempt + 1} attempts"
         raise EndpointError(error)
+
+
+def check_endpoint(cfg) -> None:
+    """One tiny request to --coach-url before any model loads: UserError (one line) naming what is
+    wrong -- a URL without /v1, an unknown --coach-model, a refused key, no server -- instead of a
+    run whose every action comes back unscored."""
+    from config import UserError
+
+    coach = APICoach(cfg.coach_url, cfg.coach_model, (), api_key=os.environ.get(cfg.coach_api_key_env) or None,
+                     max_tokens=1, timeout=cfg.coach_timeout, retries=min(cfg.coach_retries, 2), backoff=0.5)
+    try:
+        coach.complete([{"role": "user", "content": "Reply with OK."}])
+    except EndpointError as e:
+        said = " ".join(str(e).split())[:160]
+        if e.status in (400, 404, 422) and "model" in said.lower():
+            why = f"the endpoint does not serve --coach-model {cfg.coach_model!r} ({said}); pass a name it lists at .../v1/models"
+        elif e.status == 404:
+            why = (f"{coach.url} was not found ({said}); an OpenAI-compatible --coach-url usually ends in /v1, "
+                   "e.g. http://localhost:8000/v1")
+        elif e.status in (401, 403):
+            why = f"the endpoint refused the API key ({said}); set ${cfg.coach_api_key_env} or --coach-api-key-env"
+        elif "not a chat-completions reply" in said:
+            why = f"{coach.url} answered, but not as an OpenAI chat-completions endpoint ({said}); check --coach-url"
+        else:
+            why = f"no answer from {coach.url} ({said}); is the server running and --coach-url right?"
+        raise UserError(f"coach check failed: {why}") from None
 
 
 def make_coach(cfg, model, tokenizer, agents):

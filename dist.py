@@ -29,6 +29,21 @@ import torch.distributed as td
 TIMEOUT = timedelta(hours=2)
 
 
+def default_threads() -> int:
+    """torch CPU threads for this process when --threads is 0: $OMP_NUM_THREADS if set (the user's
+    choice), else the cores this process may run on (sched_getaffinity) that other jobs leave idle
+    (minus the 1-minute load average, rounded), capped at torch's default (the physical cores) and
+    shared among this machine's ranks ($LOCAL_WORLD_SIZE); at least 1. Why: torch's default threads
+    spin-wait for each other on cores other jobs hold; the tiny quick start's 2 steps took 126-193 s
+    that way on a busy 2-core machine, 46-50 s with one thread (issue 19)."""
+    if os.environ.get("OMP_NUM_THREADS", "").isdigit() and int(os.environ["OMP_NUM_THREADS"]) >= 1:
+        return int(os.environ["OMP_NUM_THREADS"])
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
+    idle = min(cores, torch.get_num_threads(), round(cores - load))
+    return max(1, idle // max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1"))))
+
+
 def active() -> bool:
     return td.is_available() and td.is_initialized() and td.get_world_size() > 1
 
@@ -164,16 +179,17 @@ def gather_episodes(episodes: list) -> list:
 
 
 def merge_update_stats(stats: dict) -> dict:
-    """One agent's update metrics over all ranks: counts and losses add up (the loss of a rank is
-    its share of the global token mean), KL and clip fraction are means weighted by trained actions;
-    grad_norm, skipped and lr are the same on every rank (identical synchronised steps)."""
+    """One agent's update metrics over all ranks, equal to what one process on the global batch logs:
+    counts and losses add up (the loss of a rank is its share of the global minibatch mean), KL and
+    clip fraction are means weighted by each rank's trained tokens (both are token means);
+    grad_norm, skipped, no_signal and lr are the same on every rank (identical synchronised steps)."""
     if not active():
         return stats
     parts = [p for p in gather(stats) if p["trained"] > 0]
-    out = dict(stats, trained=sum(p["trained"] for p in parts))
+    out = dict(stats, trained=sum(p["trained"] for p in parts), tokens=sum(p["tokens"] for p in parts))
     out["loss"] = sum(p["loss"] for p in parts) if parts else math.nan
     for key in ("kl", "clip_frac"):
-        out[key] = sum(p[key] * p["trained"] for p in parts) / out["trained"] if parts else math.nan
+        out[key] = sum(p[key] * p["tokens"] for p in parts) / out["tokens"] if out["tokens"] else math.nan
     return out
 
 

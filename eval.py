@@ -16,17 +16,20 @@ import dataclasses
 import gc
 import json
 import math
+import os
 import sys
 import time
 from pathlib import Path
 
 import torch
 
+import checkpoint
+import dist
 import sandbox
 from agents import PIPELINES, ModelLoadError, add_adapters, load_base
 from coach_api import make_coach
-from config import Config, OneLineParser, UserError, fail, load_config
-from reward import grade
+from config import INT_MAX, Config, OneLineParser, UserError, check_device, check_range, fail, load_config
+from reward import CoachGuard, grade
 from rollout import Episode, new_episodes, rollout
 from runlog import episode_record, mean, rollout_metrics
 from tasks import DataError, load_tasks, workspace
@@ -74,7 +77,7 @@ def run_episodes(model, tokenizer, cfg: Config, agents, *, k: int = 4, temperatu
                         max_new_tokens=cfg.max_new_tokens, batch_size=cfg.gen_batch_size, limits=limits,
                         use_adapters=use_adapters)
                 for ep in batch:
-                    grade(ep, agents)
+                    grade(ep, agents, backend=cfg.grader)
                     if ep.error:  # kept and counted wrong: the pipeline failed on this task
                         ep.correct = False
                         bar.write(f"episode of task {ep.task.id} failed: {ep.error}", file=sys.stderr)
@@ -90,8 +93,10 @@ def run_episodes(model, tokenizer, cfg: Config, agents, *, k: int = 4, temperatu
 
 
 def evaluate(model, tokenizer, cfg: Config, agents, *, k: int = 4, **kwargs) -> dict:
-    """run_episodes + summarize: {"summary": {...}, "by_kind": {...}, "tasks": [...]}."""
-    return summarize(run_episodes(model, tokenizer, cfg, agents, k=k, **kwargs), agents, k, cfg.task)
+    """run_episodes + summarize: {"summary": {...}, "by_kind": {...}, "tasks": [...]}. Without a coach
+    (train.py's --eval-every) the summary has no coach keys (no score, unscored or coach/*)."""
+    coached = kwargs.get("coach") is not None
+    return summarize(run_episodes(model, tokenizer, cfg, agents, k=k, **kwargs), agents, k, cfg.task, coached)
 
 
 # ---------------------------------------------------------------------------------- the summary
@@ -109,15 +114,18 @@ def judge_metrics(episodes: list[Episode], final: str, threshold: float = JUDGE_
     """The coach as a judge of the final agent's last action, against the grader's verdict.
 
     judge_accuracy: share of scored final actions with (score >= threshold) == correct.
-    judge_auc: P(a correct episode's score > a wrong one's), ties count half (Mann-Whitney U);
-    threshold-free, nan unless both outcomes occur. score_correct / score_wrong: mean scores.
+    judge_auc: P(a correct episode's score > a wrong one's), ties count half (Mann-Whitney U), i.e.
+    sklearn's roc_auc_score; naive: mean([r > w] + 0.5 [r == w] for r in right for w in wrong).
+    Threshold-free, nan unless both outcomes occur. score_correct / score_wrong: mean scores.
     """
     pairs = [(a.score, bool(ep.correct)) for ep in episodes
              if (a := ep.final_action(final)) is not None and a.score is not None]
     right = [s for s, ok in pairs if ok]
     wrong = [s for s, ok in pairs if not ok]
-    auc = mean([1.0 if r > w else 0.5 if r == w else 0.0 for r in right for w in wrong]) \
-        if right and wrong else float("nan")
+    auc = float("nan")
+    if right and wrong:  # sklearn's ROC AUC is this U statistic, by sorting: O(n log n), not pairwise
+        from sklearn.metrics import roc_auc_score
+        auc = float(roc_auc_score([ok for _, ok in pairs], [s for s, _ in pairs]))
     return {"coach/judge_accuracy": mean([float((s >= threshold) == ok) for s, ok in pairs]),
             "coach/judge_auc": auc, "coach/score_correct": mean(right), "coach/score_wrong": mean(wrong)}
 
@@ -138,7 +146,7 @@ def by_kind(episodes: list[Episode], agents) -> dict:
     return out
 
 
-def summarize(episodes: list[Episode], agents, k: int, task: str = "math") -> dict:
+def summarize(episodes: list[Episode], agents, k: int, task: str = "math", coached: bool = True) -> dict:
     """Accuracy (avg@k, unbiased pass@k), per-agent coach score / unscored / action length / tool
     use, the coach as a judge, the task's own metrics (TASK_METRICS), and the same by task type."""
     by_task: dict[str, list[Episode]] = {}
@@ -150,9 +158,9 @@ def summarize(episodes: list[Episode], agents, k: int, task: str = "math") -> di
         "tasks": len(by_task), "episodes": len(episodes), "failed": sum(ep.error is not None for ep in episodes),
     }
     per_agent = ("score_mean", "unscored", "length", "truncated", "tool_use")
-    summary |= {key: v for key, v in rollout_metrics(episodes, agents).items()
+    summary |= {key: v for key, v in rollout_metrics(episodes, agents, coached).items()
                 if key.split("/")[-1] in per_agent}
-    summary |= judge_metrics(episodes, agents[-1].name)
+    summary |= judge_metrics(episodes, agents[-1].name) if coached else {}
     summary |= TASK_METRICS.get(task, lambda eps, ags: {})(episodes, agents)
     tasks_out = [{"id": tid, "correct": [bool(e.correct) for e in eps], "answers": [e.answer for e in eps]}
                  | ({"outcomes": [e.outcome for e in eps]} if eps[0].workdir is not None else {})
@@ -192,17 +200,27 @@ def parse_eval_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--k", type=int, default=4, help="samples per task (avg@k, pass@k)")
     p.add_argument("--temperature", type=float, default=0.6, help="sampling temperature (paper: 0.6)")
     p.add_argument("--limit", type=int, default=None, help="evaluate the first N tasks only")
-    p.add_argument("--data", default=None, help="held-out tasks: builtin, a .json/.jsonl file or a Hub dataset "
+    p.add_argument("--data", default=None, help="held-out tasks: builtin, a .json/.jsonl/.parquet/.csv file, a saved-dataset folder or a Hub dataset "
                    "(default: the run's --eval-data)")
     p.add_argument("--split", default=None, help="split of a Hub dataset (default: train; builtin: eval)")
     p.add_argument("--coach", action=argparse.BooleanOptionalAction, default=True, help="score actions with the coach")
     p.add_argument("--coach-mode", choices=("generate", "logit"), default=None,
                    help="coach mode (default: the run's); generate keeps the coach's rationale for show")
+    p.add_argument("--coach-url", default="", help="OpenAI-compatible coach endpoint (never taken from a run's config)")
+    p.add_argument("--coach-model", default="", help="model name the --coach-url endpoint serves (default: the run's)")
+    p.add_argument("--coach-api-key-env", default="OPENAI_API_KEY", help="environment variable holding the endpoint's API key")
     p.add_argument("--seed", type=int, default=0, help="sampling seed (the same for every column)")
     p.add_argument("--task", choices=sorted(PIPELINES), default=None, help="check that the runs are of this task")
+    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: chosen from the machine, as train.py)")
     args = p.parse_args(argv)
-    if args.k < 1 or args.temperature < 0 or (args.limit is not None and args.limit < 1):
-        raise UserError("--k and --limit must be >= 1 and --temperature >= 0")
+    check_range("--k", args.k, 1, 1024)
+    check_range("--temperature", args.temperature, 0, 10)  # 0: greedy
+    check_range("--seed", args.seed, 0, INT_MAX)
+    if args.limit is not None:
+        check_range("--limit", args.limit, 1, 10_000_000)
+    check_range("--threads", args.threads, 0, 4096)
+    if args.coach_url and not (args.coach_url.startswith(("http://", "https://")) and args.coach_model):
+        raise UserError("--coach-url must start with http:// or https:// and needs --coach-model")
     return args
 
 
@@ -227,6 +245,17 @@ def plan_columns(args) -> list[tuple[str, Path, Config, bool]]:
     return columns
 
 
+def coach_config(cfg: Config, args, run_dir, note: bool = True) -> Config:
+    """The run's config with the coach this command asks for: an endpoint and its key variable
+    come from this command line only, never from the run folder (it may come from anyone)."""
+    from config import ENDPOINT_FIELDS, untrusted_endpoint
+    saved = {k: getattr(cfg, k) for k in ENDPOINT_FIELDS}
+    given = {k: getattr(args, k) for k in ENDPOINT_FIELDS if getattr(args, k) != getattr(Config, k)}
+    endpoint = {**untrusted_endpoint(saved if note else {}, given, run_dir), **given}
+    mode = "generate" if endpoint["coach_url"] else args.coach_mode or cfg.coach
+    return dataclasses.replace(cfg, coach=mode, coach_model=args.coach_model or cfg.coach_model, **endpoint)
+
+
 def eval_column(name: str, run_dir: Path, cfg: Config, base: bool, args, loaded: dict) -> dict:
     """Evaluate one column; writes its JSON and episodes. `loaded` caches the model of one run
     folder: the base column reuses the first run's model with its adapters off (SPEC §6: exactly
@@ -243,8 +272,7 @@ def eval_column(name: str, run_dir: Path, cfg: Config, base: bool, args, loaded:
                              init_from=run_dir / "adapters" if trained else None)
         loaded.update(dir=run_dir, model=model, tokenizer=tokenizer)
     model, tokenizer = loaded["model"], loaded["tokenizer"]
-    coach_cfg = dataclasses.replace(cfg, coach=args.coach_mode or cfg.coach)
-    coach = make_coach(coach_cfg, model, tokenizer, agents) if args.coach else None  # local, or the run's --coach-url
+    coach = CoachGuard(make_coach(coach_config(cfg, args, run_dir, note=False), model, tokenizer, agents)) if args.coach else None
     t0 = time.perf_counter()
     episodes = run_episodes(model, tokenizer, cfg, agents, k=args.k, temperature=args.temperature,
                             limit=args.limit, data=args.data, split=args.split, coach=coach,
@@ -255,11 +283,36 @@ def eval_column(name: str, run_dir: Path, cfg: Config, base: bool, args, loaded:
                           "coach": (args.coach_mode or cfg.coach) if args.coach else None, "seed": args.seed,
                           "seconds": time.perf_counter() - t0}
     stem = "eval-base" if base else "eval"
-    (run_dir / f"{stem}.json").write_text(json.dumps(result, indent=2) + "\n")
-    with open(run_dir / f"{stem}-episodes.jsonl", "w") as f:
-        for ep in episodes:
-            f.write(json.dumps(episode_record(ep)) + "\n")
+    with checkpoint.writing(run_dir, "free space there, or copy the run somewhere you can write"):
+        write_atomically(run_dir / f"{stem}.json", json.dumps(result, indent=2) + "\n")
+        write_atomically(run_dir / f"{stem}-episodes.jsonl",
+                         "".join(json.dumps(episode_record(ep)) + "\n" for ep in episodes))
     return result
+
+
+def write_atomically(path: Path, text: str) -> None:
+    """Write a temporary file, then rename it into place: a reader (or a second eval.py) sees the
+    old file or the new one, never half of one."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        tmp.write_text(text)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def check_columns(columns, args) -> None:
+    """Everything eval_column would meet only after loading a model: the held-out tasks, the
+    device, the coach endpoint, and whether the run folders take the results."""
+    for _, run_dir, cfg, _ in columns:
+        check_device(cfg.device)
+        source = args.data or cfg.eval_data
+        load_tasks(cfg.task, source, args.split or default_split(source))
+        checkpoint.check_writable(run_dir)
+        coach_cfg = coach_config(cfg, args, run_dir)  # never the run's own endpoint (issue 15)
+        if args.coach and coach_cfg.coach_url:
+            from coach_api import check_endpoint
+            check_endpoint(coach_cfg)
 
 
 def main(argv=None) -> None:
@@ -269,7 +322,9 @@ def main(argv=None) -> None:
         return viewer.main(argv)
     try:
         args = parse_eval_args(argv)
+        torch.set_num_threads(args.threads or dist.default_threads())
         columns = plan_columns(args)
+        check_columns(columns, args)
         results, loaded = {}, {}
         for name, run_dir, cfg, base in columns:
             results[name] = eval_column(name, run_dir, cfg, base, args, loaded)

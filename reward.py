@@ -11,24 +11,33 @@ Two coach modes:
 - logit (ours): the prompt ends in "PROCESS_SCORE: " and one forward pass reads the expected score
   under the next-token distribution over 0..10, with the two-token "10" handled exactly.
 """
+import numbers
 import re
+import sys
 
 import torch
 
 from agents import Agent, acting_as
-from rollout import Action, Episode, generate, pad_left, render
+from rollout import Action, Episode, generate, pad_left, prefix_forward, render, shared_prefix
 
 COACH_SYSTEM = ("You are a coach who evaluates the work of one agent in a team of AI agents. "
                 "You are fair, specific and strict.")
 SCORE_PREFIX = "PROCESS_SCORE: "
 RETRY = "Your reply did not end with the score line. Reply with the line PROCESS_SCORE: <integer from 0 to 10> and nothing else."
-_SCORE_RE = re.compile(r"PROCESS_SCORE\s*[:=]\s*\**\s*(-?\d+(?:\.\d+)?)", re.IGNORECASE)
+# "PROCESS_SCORE: 7", "**PROCESS_SCORE**: 8", "Process Score: 7", "PROCESS_SCORE: [7]", "PROCESS_SCORE=4",
+# "PROCESS_SCORE: **8**", "PROCESS_SCORE: 7/10"; a sign is read so that "-3" is out of range, not 3.
+_SCORE_RE = re.compile(r"PROCESS[\s_]?SCORE\s*\**\s*[:=]\s*[*\[(\s]*([-\u2212+]?\d+(?:\.\d+)?)", re.IGNORECASE)
 
 
 def parse_score(text: str) -> float | None:
-    """The last `PROCESS_SCORE: x` in text, clamped to [0, 10]; None if there is none."""
-    found = _SCORE_RE.findall(text or "")
-    return min(max(float(found[-1]), 0.0), 10.0) if found else None
+    """The FIRST score line in text (the paper's code takes the first: what a coach writes after its
+    verdict is rambling), as a float; None (unscored) if there is none or it is outside 0..10 --
+    never clamped, never guessed."""
+    m = _SCORE_RE.search(text or "")
+    if m is None:
+        return None
+    value = float(m[1].replace("\u2212", "-"))
+    return value if 0.0 <= value <= 10.0 else None
 
 
 def clip_text(text: str, limit: int) -> str:
@@ -42,6 +51,12 @@ def clip_text(text: str, limit: int) -> str:
 def coach_prompt(episode: Episode, action: Action, agents: tuple[Agent, ...], *, reference: str | None,
                  rationale: bool, tool_chars: int = 2000, text_chars: int = 6000, compact: bool = False) -> str:
     """The coach's user message for one action (see the module docstring for what it contains).
+
+    The text that is the same for every action comes first (the job, the team), then what is the
+    same for every action of this agent (its role), then this episode's: so the logit coach
+    computes the shared head once per step (LLMCoach._logit). The task, which the agent's input
+    repeats, is shown once.
+
     compact (ours, the laptop preset's): the task, the action, its code output and the reference
     only -- no team, role, input or job text -- so a small model's context and compute go to the
     comparison it has to make."""
@@ -59,26 +74,27 @@ def coach_prompt(episode: Episode, action: Action, agents: tuple[Agent, ...], *,
     team = "\n".join(f"{i + 1}. {a.title}" + (" (runs Python)" if a.uses_code else "")
                      for i, a in enumerate(agents))
     seen = "\n\n".join(f"[{m['role']}]\n{m['content']}" for m in action.messages if m["role"] != "system")
+    if 40 < len(episode.text) <= text_chars:  # the agent's input quotes the task, shown whole above
+        seen = seen.replace(episode.text, "(the task, as above)")
     parts = [
-        f"## Task\n{clip_text(episode.text, text_chars)}",
+        "## Your job\nScore how well one action of one agent in this team does that agent's job, from 0 "
+        "(useless or harmful) to 10 (perfect). Judge this agent only: do not blame it for mistakes in its "
+        "input that it could not fix, and do not credit it for its teammates' work.",
         f"## The team, in order\n{team}",
-        f"## The agent to evaluate: {agent.title}, action {action.turn + 1} of at most {agent.max_actions}\n"
-        f"Its role: {agent.role}",
+        f"## The agent to evaluate: {agent.title}\nIts role: {agent.role}",
+        f"## Task\n{clip_text(episode.text, text_chars)}",
         f"## What the agent saw\n{clip_text(seen, text_chars)}",
-        f"## The agent's action\n{clip_text(action.text, text_chars)}"
+        f"## The agent's action {action.turn + 1} of at most {agent.max_actions}\n{clip_text(action.text, text_chars)}"
         + ("\n[cut off by the length limit]" if action.truncated else ""),
     ]
     if agent.uses_code:
         parts.append("## Output of its code\n" + clip_text(action.tool_output or "(no code was run)", tool_chars))
     if episode.workdir is not None:
-        parts.append("## File trail\n" + file_trail(episode, agents, action))
+        parts.append("## File trail\n" + clip_text(file_trail(episode, agents, action), text_chars))
     if reference is not None:
         parts.append(f"## Reference (the agent did not see this)\n{reference}")
-    ask = ("Explain briefly, then end with the line\nPROCESS_SCORE: <integer from 0 to 10>" if rationale
-           else "Reply with the line PROCESS_SCORE: <integer from 0 to 10>")
-    parts.append("## Your job\nScore how well this action does this agent's job, from 0 (useless or "
-                 "harmful) to 10 (perfect). Judge this agent only: do not blame it for mistakes in its "
-                 "input that it could not fix, and do not credit it for its teammates' work. " + ask)
+    parts.append("Explain briefly, then end with the line\nPROCESS_SCORE: <integer from 0 to 10>" if rationale
+                 else "Reply with the line PROCESS_SCORE: <integer from 0 to 10>")
     return "\n\n".join(parts)
 
 
@@ -173,6 +189,7 @@ class LLMCoach:
         self.show_answer, self.max_new_tokens = show_answer, max_new_tokens
         self.batch_size, self.tool_chars = batch_size, tool_chars
         self.retries = 0
+        self.prefix_cache = True  # logit mode: run the prompts' shared head once (False: the plain path)
         if mode == "logit":
             self.prefix_ids, self.candidates = score_candidates(tokenizer)
 
@@ -186,13 +203,39 @@ class LLMCoach:
         if not items:
             return []
         convs = [self.prompt(ep, a) for ep, a in items]
+        fits = self.fits(convs)
+        for (_, a), ok in zip(items, fits):
+            if ok is not True:
+                a.coach_text = ok
+        keep = [i for i, ok in enumerate(fits) if ok is True]
+        out: list[float | None] = [None] * len(items)  # too long for the coach: unscored, with the reason
+        if not keep:
+            return out
         with acting_as(self.model, None):
             if self.mode == "logit":
-                return self._logit(convs)
-            scores, texts = self._generate(convs)
-        for (_, a), text in zip(items, texts):  # kept so a person can read why (eval.py show)
-            a.coach_text = text
-        return scores
+                for i, s in zip(keep, self._logit([convs[i] for i in keep], [items[i][1].agent for i in keep])):
+                    out[i] = s
+                return out
+            scores, texts = self._generate([convs[i] for i in keep])
+        for i, score, text in zip(keep, scores, texts):  # kept so a person can read why (eval.py show)
+            items[i][1].coach_text, out[i] = text, score
+        return out
+
+    def fits(self, convs: list[list[dict]]) -> list:
+        """Per prompt: True if it and the coach's reply fit the model's context, else the reason (a
+        str). Checked in tokens before any forward pass: an action can make its prompt huge (a
+        flood of files, a long trail), and an over-long pass errors or runs out of memory."""
+        context = getattr(getattr(self.model, "config", None), "max_position_embeddings", None)
+        if not context:
+            return [True] * len(convs)
+        reply = len(self.prefix_ids) + 2 if self.mode == "logit" else self.max_new_tokens + 64  # + the format retry
+        out = []
+        for c in convs:
+            n = len(render(self.tokenizer, c))
+            out.append(True if n + reply <= context else
+                       f"unscored: the coach prompt has {n} tokens, over the coach's context of {context} "
+                       f"less {reply} for its reply")
+        return out
 
     def _generate(self, convs: list[list[dict]]) -> tuple[list[float | None], list[str]]:
         """(scores, the coach's replies); a format retry's reply is appended to the first one."""
@@ -214,21 +257,39 @@ class LLMCoach:
         return scores, texts
 
     @torch.no_grad()
-    def _logit(self, convs: list[list[dict]]) -> list[float]:
-        """One forward pass per batch over prompt + "PROCESS_SCORE: " + the first token of "10"."""
+    def _logit(self, convs: list[list[dict]], groups: list | None = None) -> list[float]:
+        """One forward pass per batch over prompt + "PROCESS_SCORE: " + the first token of "10".
+
+        The token prefix every prompt shares (the coach's fixed text, coach_prompt) is run once per
+        call and its KV cache copied into each batch; batches are formed per group (the agent),
+        whose longer shared prefix (the role) is run once per batch. Same scores as the plain
+        path (prefix_cache=False) up to float rounding (tests/test_reward.py)."""
         second = next((ids[0] for ids in self.candidates.values() if len(ids) == 2), None)
         seqs = [render(self.tokenizer, c) + self.prefix_ids + ([second] if second is not None else [])
                 for c in convs]
         values = torch.arange(11, dtype=torch.float32)
         scores = [0.0] * len(seqs)
-        order = sorted(range(len(seqs)), key=lambda i: len(seqs[i]))
+        groups = groups if groups is not None and self.prefix_cache else [0] * len(seqs)
+        order = sorted(range(len(seqs)), key=lambda i: (str(groups[i]), len(seqs[i])))
         self.model.eval()
-        for start in range(0, len(order), self.batch_size):
-            chunk = order[start:start + self.batch_size]
-            ids, mask = pad_left([seqs[i] for i in chunk], self.tokenizer.pad_token_id, self.model.device)
-            pos = (mask.cumsum(-1) - 1).clamp(min=0)
-            logits = self.model(input_ids=ids, attention_mask=mask, position_ids=pos,
-                                logits_to_keep=2).logits.float()
+        head = shared_prefix(seqs, keep=2) if self.prefix_cache else 0
+        head_cache = self.model(input_ids=torch.tensor([seqs[0][:head]], device=self.model.device),
+                                use_cache=True, logits_to_keep=1).cache if head else None
+        chunks: list[list[int]] = []
+        for i in order:  # a batch holds one group only, so that its rows share the longer prefix
+            if chunks and len(chunks[-1]) < self.batch_size and groups[chunks[-1][0]] == groups[i]:
+                chunks[-1].append(i)
+            else:
+                chunks.append([i])
+        for chunk in chunks:
+            if head:
+                logits = prefix_forward(self.model, [seqs[i] for i in chunk], self.tokenizer.pad_token_id, keep=2,
+                                        logits_to_keep=2, head=head, head_cache=head_cache)[0].logits.float()
+            else:
+                ids, mask = pad_left([seqs[i] for i in chunk], self.tokenizer.pad_token_id, self.model.device)
+                pos = (mask.cumsum(-1) - 1).clamp(min=0)
+                logits = self.model(input_ids=ids, attention_mask=mask, position_ids=pos,
+                                    logits_to_keep=2).logits.float()
             if second is None:
                 p1, p2 = logits[:, -1].softmax(-1), None
             else:
@@ -237,6 +298,59 @@ class LLMCoach:
             for i, e in zip(chunk, expected.tolist()):
                 scores[i] = e
         return scores
+
+
+class CoachGuard:
+    """Any coach, made safe for the loop. A score that is not a number in 0..10 (NaN, inf, 15, -5,
+    a string) leaves that action unscored and is counted (never clamped: a coach that says 15 is
+    broken, not enthusiastic); a coach that raises leaves the batch unscored, said in one line, and
+    the run goes on; `max_unscored` calls in a row with no action scored stop the run with one
+    line (UserError): a misconfigured coach would train nothing. 0: never stop."""
+
+    def __init__(self, coach, max_unscored: int = 0):
+        self.coach, self.max_unscored = coach, max_unscored
+        self.invalid = self.failures = self.streak = 0
+
+    def __getattr__(self, name):  # the wrapped coach's counters (.retries, .failed, ...)
+        if name == "coach":  # not set yet (copy, unpickling): no endless recursion
+            raise AttributeError(name)
+        return getattr(self.coach, name)
+
+    def score(self, items: list) -> list[float | None]:
+        if not items:
+            return []
+        try:
+            raw = list(self.coach.score(items))
+            if len(raw) != len(items):
+                raise ValueError(f"it returned {len(raw)} scores for {len(items)} actions")
+        except torch.OutOfMemoryError:  # out of memory stays exit 3 with its own advice
+            raise
+        except Exception as e:
+            self.failures += 1
+            print(f"coach failed ({type(e).__name__}: {' '.join(str(e).split())[:160]}); its "
+                  f"{len(items)} actions are unscored", file=sys.stderr, flush=True)
+            raw = [None] * len(items)
+        scores = [valid_score(s) for s in raw]
+        bad = [s for s, v in zip(raw, scores) if s is not None and v is None]
+        if bad:
+            self.invalid += len(bad)
+            print(f"coach: {len(bad)} of {len(items)} scores are not numbers in 0..10 (e.g. {bad[0]!r:.30}); "
+                  "those actions are unscored", file=sys.stderr, flush=True)
+        self.streak = self.streak + 1 if all(s is None for s in scores) else 0
+        if self.max_unscored and self.streak >= self.max_unscored:
+            from config import UserError
+            raise UserError(f"the coach scored no action in {self.streak} steps in a row, so the run trains "
+                            "nothing; fix the coach (--coach-url, --coach-model, or your coach), then --resume "
+                            "the run (or raise --max-unscored-steps)")
+        return scores
+
+
+def valid_score(s) -> float | None:
+    """s as a float if it is a real number in [0, 10], else None (NaN and inf are not)."""
+    if isinstance(s, bool) or not isinstance(s, numbers.Real):
+        return None
+    s = float(s)
+    return s if 0.0 <= s <= 10.0 else None
 
 
 def score_candidates(tokenizer) -> tuple[list[int], dict[int, list[int]]]:
@@ -267,8 +381,8 @@ def reference_for_coach(episode: Episode) -> str:
         f" ({o.get('reason')})" if o.get("reason") else "") + (f"; {metrics}" if metrics else "")
 
 
-def grade(episode: Episode, agents: tuple[Agent, ...]) -> None:
-    """The outcome: sets episode.answer / .correct (math), or .outcome and .correct (data)."""
+def grade(episode: Episode, agents: tuple[Agent, ...], backend: str = "fast") -> None:
+    """The outcome: sets episode.answer / .correct (math, `--grader` backend), or .outcome and .correct (data)."""
     if episode.workdir is not None:  # data task: score the submission the analyst wrote
         from pathlib import Path
 
@@ -279,7 +393,7 @@ def grade(episode: Episode, agents: tuple[Agent, ...]) -> None:
     from tasks import grader
     final = episode.final_action(agents[-1].name)
     episode.answer = grader.extract_boxed(final.text) if final else None
-    episode.correct = grader.is_equiv(episode.answer, episode.task.answer)
+    episode.correct = grader.is_equiv(episode.answer, episode.task.answer, backend)
 
 
 def assign_rewards(episodes: list[Episode], mode: str = "process", outcome_weight: float = 0.5) -> None:

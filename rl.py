@@ -7,7 +7,13 @@ Per agent, over that agent's actions (SPEC §4):
   3. the baseline: whiten G over ALL tokens of this agent's batch (no per-prompt groups: downstream
      agents never see the same input twice, so GRPO's group baseline does not apply);
   4. a PPO-clipped surrogate, averaged over tokens.
+
+`--advantage guarded` (ours, not the paper's) replaces step 3 by `guarded_advantages`: only the
+reward term is whitened, the -beta*KL returns are added unscaled, and a batch whose rewards are
+(nearly) all equal gets no reward advantage at all (TRL does the same for tied groups).
 """
+import math
+
 import torch
 
 
@@ -67,6 +73,14 @@ def masked_moments(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return torch.stack([(x * m).sum(), (x * x * m).sum(), m.sum()])
 
 
+def moments_mean_std(moments: torch.Tensor) -> tuple[float, float]:
+    """(mean, population std) from masked_moments() [sum, sum of squares, count]."""
+    s, ss, n = moments.tolist()
+    n = max(n, 1.0)
+    mean = s / n
+    return mean, max(ss / n - mean * mean, 0.0) ** 0.5
+
+
 def normalize_advantages(returns: torch.Tensor, mask: torch.Tensor, moments: torch.Tensor | None = None,
                          eps: float = 1e-8) -> torch.Tensor:
     """Whiten returns over every masked token of the batch: A = (G - mean) / (std + eps).
@@ -76,29 +90,105 @@ def normalize_advantages(returns: torch.Tensor, mask: torch.Tensor, moments: tor
 
     As in REINFORCE++, the KL penalty is inside the returns, so a batch whose rewards are all equal
     still gets unit-variance advantages: a full-size step that only pulls toward the reference
-    (docs/credit.md, the beta=0 ablation, measures what this does).
+    (docs/credit.md, the beta=0 ablation, measures what this does; `guarded_advantages` avoids it).
     """
-    s, ss, n = (moments if moments is not None else masked_moments(returns, mask)).tolist()
-    n = max(n, 1.0)
-    mean = s / n
-    std = max(ss / n - mean * mean, 0.0) ** 0.5
+    mean, std = moments_mean_std(moments if moments is not None else masked_moments(returns, mask))
     return (returns - mean) / (std + eps) * mask
 
 
+def reward_returns(rewards: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """The reward's share of the returns (gamma = 1, reward on the last token): rewards[b] on every
+    action token. [B], [B, T] -> [B, T]   (= returns_to_go(token_rewards(rewards, 0, mask, 0), mask))"""
+    return rewards.to(mask.dtype)[:, None] * mask
+
+
+def no_signal(reward_moments: torch.Tensor, min_std: float) -> bool:
+    """True if the rewards of the batch barely differ: their std over tokens (masked_moments of
+    reward_returns, global batch) is below min_std (0-1 reward scale)."""
+    return moments_mean_std(reward_moments)[1] < min_std
+
+
+def guarded_advantages(rewards: torch.Tensor, kl: torch.Tensor, mask: torch.Tensor, beta: float,
+                       reward_moments: torch.Tensor | None = None, min_std: float = 0.01,
+                       eps: float = 1e-8) -> torch.Tensor:
+    """Advantages with the reward term whitened alone and the KL term unscaled (--advantage guarded).
+
+    rewards [B], kl [B, T], mask [B, T]; reward_moments: masked_moments(reward_returns(...)) of the
+    global batch (default: this batch) -> [B, T], zero off the mask.
+
+        A[b, t] = (rewards[b] - mean) / (std + eps) + K[b, t],   K = returns_to_go(-beta * kl)
+    with mean, std over all masked tokens; if std < min_std (no signal) the first term is 0, so only
+    the small pull toward the reference is left -- instead of whitening -beta*KL, or a logit coach's
+    4th-decimal noise, up to unit-variance advantages as the paper's form does.
+
+    Naive loop:
+        values = [rewards[b] for b in range(B) for t in range(T) if mask[b, t]]
+        mean, std = mean(values), population_std(values)
+        for b in range(B):
+            running = 0
+            for t in reversed(range(T)):
+                if mask[b, t]:
+                    running += -beta * kl[b, t]
+                    scaled = 0 if std < min_std else (rewards[b] - mean) / (std + eps)
+                    A[b, t] = scaled + running
+    """
+    R = reward_returns(rewards, mask)
+    moments = reward_moments if reward_moments is not None else masked_moments(R, mask)
+    K = returns_to_go(-beta * kl * mask, mask)
+    if no_signal(moments, min_std):
+        return K
+    mean, std = moments_mean_std(moments)
+    return (R - mean) / (std + eps) * mask + K
+
+
+def loss_weights(mask: torch.Tensor, mode: str, n_tokens: float, n_actions: float) -> torch.Tensor:
+    """Each token's weight in the loss of its minibatch. mask [B, T] -> [B, T]
+
+    token: 1 / n_tokens (the minibatch's token mean, SPEC §4); sequence: 1 / (len_b * n_actions)
+    (each action's token mean, then the mean over actions: long and short actions count alike).
+    n_tokens, n_actions: counts of the whole (global) minibatch, so micro-batches add up.
+
+    Naive loop:
+        for b in range(B):
+            for t in range(T):
+                W[b, t] = mask[b, t] / (n_tokens if mode == "token" else mask[b].sum() * n_actions)
+    """
+    if mode == "token":
+        return mask / max(float(n_tokens), 1.0)
+    return mask / (mask.sum(dim=1, keepdim=True).clamp(min=1) * max(float(n_actions), 1.0))
+
+
+def lr_factor(step: int, warmup: int, total: int, schedule: str = "constant") -> float:
+    """The learning-rate multiplier at optimiser step `step` (0-based): a linear warm-up over `warmup`
+    steps, then 1 (constant) or a cosine from 1 down to 0.1 at step `total` (the paper's schedule)."""
+    if step < warmup:
+        return (step + 1) / (warmup + 1)
+    if schedule == "constant":
+        return 1.0
+    progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress))
+
+
 def clipped_policy_loss(logp: torch.Tensor, logp_old: torch.Tensor, advantages: torch.Tensor,
-                        mask: torch.Tensor, clip_eps: float = 0.2, num_tokens: float | None = None):
+                        mask: torch.Tensor, clip_eps: float = 0.2, num_tokens: float | None = None,
+                        weights: torch.Tensor | None = None):
     """PPO-clipped surrogate, summed over masked tokens and divided by num_tokens (token-level mean).
 
     logp, logp_old, advantages, mask: [B, T]. num_tokens defaults to mask.sum(); pass the token
-    count of the whole minibatch when gradients are accumulated over micro-batches.
-    Returns (loss scalar, fraction of tokens where the clip was active).
+    count of the whole minibatch when gradients are accumulated over micro-batches. weights [B, T]
+    (`loss_weights`), if given, replace mask / num_tokens.
+    Returns (loss scalar, fraction of tokens where the clip was applied: the clipped term is the
+    smaller one, i.e. ratio > 1 + eps with A > 0 or ratio < 1 - eps with A < 0, where the token's
+    gradient is zero).
     """
     ratio = torch.exp(logp - logp_old)
     unclipped = ratio * advantages
     clipped = ratio.clamp(1 - clip_eps, 1 + clip_eps) * advantages
     per_token = -torch.minimum(unclipped, clipped) * mask
+    clip_frac = ((clipped < unclipped).float() * mask).sum() / mask.sum().clamp(min=1)
+    if weights is not None:
+        return (per_token * weights).sum(), clip_frac
     n = mask.sum() if num_tokens is None else num_tokens
-    clip_frac = ((unclipped != clipped).float() * mask).sum() / mask.sum().clamp(min=1)
     return per_token.sum() / max(float(n), 1.0), clip_frac
 
 

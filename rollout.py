@@ -37,6 +37,7 @@ class Action:
     score: float | None = None  # coach process score 0..10; None = unscored (excluded, counted)
     reward: float | None = None  # what the update uses, in [0, 1]; None = not trained on
     coach_text: str | None = None  # the coach's rationale in generate mode (eval.py show), else None
+    logprobs: list[float] | None = None  # per action token, as sampled; the update's old policy (train.py)
 
 
 @dataclass
@@ -99,31 +100,124 @@ def pad_left(seqs: list[list[int]], pad_id: int, device) -> tuple[torch.Tensor, 
 
 @torch.no_grad()
 def generate(model, tokenizer, prompts: list[list[int]], max_new_tokens: int, temperature: float,
-             batch_size: int) -> list[tuple[list[int], bool]]:
+             batch_size: int, logprobs: list | None = None) -> list[tuple[list[int], bool]]:
     """Sample one action per prompt, batched. Returns [(action_ids, truncated)] in prompt order.
 
-    Sampling is from the model's plain softmax at `temperature` (no top-k/top-p, no repetition
-    penalty from the model's generation config), so the update's log-probs are the true policy's.
-    Prompts are sorted by length before chunking, which cuts padding.
+    Sampling is from the model's plain softmax at `temperature` (sample_rows applies the temperature
+    and nothing else: no setting of the model's generation config), so the update's log-probs are
+    the true policy's.
+    If `logprobs` is a list, it receives, per prompt, the log-probs of the sampled tokens under
+    the distribution they were drawn from (what the update's old policy computes, SPEC §4).
+    Prompts are sorted by length before chunking, which cuts padding; within a chunk, a row that
+    has ended leaves the batch and its KV cache (sample_rows), so the chunk's last steps run on the
+    unfinished rows only.
     """
-    from transformers import GenerationConfig
-
     stops = stop_ids(model, tokenizer)
-    gen_config = GenerationConfig(
-        max_new_tokens=max_new_tokens, do_sample=temperature > 0, temperature=temperature or 1.0,
-        top_k=0, top_p=1.0, repetition_penalty=1.0, eos_token_id=sorted(stops),
-        pad_token_id=tokenizer.pad_token_id)
     model.eval()  # KV cache on, no dropout, no gradient checkpointing
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
     results: list[tuple[list[int], bool]] = [([], True)] * len(prompts)
+    scores: list[list[float]] = [[] for _ in prompts]
     for start in range(0, len(order), batch_size):
         chunk = order[start:start + batch_size]
-        ids, mask = pad_left([prompts[i] for i in chunk], tokenizer.pad_token_id, model.device)
-        out = model.generate(input_ids=ids, attention_mask=mask, generation_config=gen_config)
-        for i, row in zip(chunk, out[:, ids.shape[1]:].tolist()):
-            end = next((t for t, tok in enumerate(row) if tok in stops), None)
-            results[i] = (row[:end + 1], False) if end is not None else (row, True)
+        sampled = sample_rows(model, [prompts[i] for i in chunk], tokenizer.pad_token_id, max_new_tokens,
+                              temperature, stops)
+        for i, (row, lps, truncated) in zip(chunk, sampled):
+            results[i], scores[i] = (row, truncated), lps
+    if logprobs is not None:
+        logprobs[:] = scores
     return results
+
+
+def sample_rows(model, prompts: list[list[int]], pad_id: int, max_new_tokens: int, temperature: float,
+                stops: set[int]) -> list[tuple[list[int], list[float], bool]]:
+    """The sampling loop over the model's forward with its KV cache; finished rows leave the batch.
+
+    prompts (B token lists) -> per row (tokens, their log-probs, truncated). A row ends at its
+    first stop token (kept) or after max_new_tokens (truncated). The prompts' shared head (the
+    agent's system prompt) is computed once (prefix_forward).
+
+    Sampling applies ONLY the temperature: softmax(logits / temperature), then one multinomial draw
+    per row -- no top-k/top-p, no repetition penalty, whatever the model's generation_config says
+    (temperature 0: greedy). So the log-probs recorded here, and the update's, are the true policy's.
+    A finished row is dropped from the batch and from every cache layer (batch_select_indices),
+    which changes no other row's numbers: rows never attend to each other.
+    """
+    B = len(prompts)
+    tokens: list[list[int]] = [[] for _ in range(B)]
+    lps: list[list[float]] = [[] for _ in range(B)]
+    truncated = [True] * B
+    rows = torch.arange(B)  # original row index of each row still in the batch
+    if B > 1 and shared_prefix(prompts) > 0:
+        out, mask = prefix_forward(model, prompts, pad_id, keep=1, logits_to_keep=1)
+    else:
+        ids, mask = pad_left(prompts, pad_id, model.device)
+        out = model(input_ids=ids, attention_mask=mask, position_ids=(mask.cumsum(-1) - 1).clamp(min=0),
+                    use_cache=True, logits_to_keep=1)
+    pos = mask.sum(-1) - 1  # position of each row's last token
+    stop = torch.tensor(sorted(stops), dtype=torch.long, device=mask.device)
+    for step in range(max_new_tokens):
+        logits = out.logits[:, -1].float()
+        if temperature > 0:
+            logp = torch.log_softmax(logits / temperature, -1)
+            nxt = torch.multinomial(logp.exp(), 1).squeeze(1)
+        else:
+            logp = torch.log_softmax(logits, -1)
+            nxt = logits.argmax(-1)
+        chosen = logp.gather(1, nxt[:, None]).squeeze(1)
+        ended = torch.isin(nxt, stop)
+        for r, t, lp, e in zip(rows.tolist(), nxt.tolist(), chosen.tolist(), ended.tolist()):
+            tokens[r].append(t)
+            lps[r].append(lp)
+            if e:
+                truncated[r] = False
+        keep = (~ended).nonzero().squeeze(1)
+        if keep.numel() == 0 or step == max_new_tokens - 1:
+            break
+        cache = out.cache
+        if keep.numel() < len(rows):  # the finished rows leave the batch and the cache
+            cache.batch_select_indices(keep)
+            rows, mask, pos, nxt = rows[keep.cpu()], mask[keep], pos[keep], nxt[keep]
+        mask = torch.cat([mask, mask.new_ones(mask.shape[0], 1)], 1)
+        pos = pos + 1
+        out = model(input_ids=nxt[:, None], attention_mask=mask, position_ids=pos[:, None],
+                    cache=cache, use_cache=True)
+    return list(zip(tokens, lps, truncated))
+
+
+def shared_prefix(seqs: list[list[int]], keep: int = 1) -> int:
+    """Length of the token prefix all seqs share, leaving at least `keep` tokens of each outside it."""
+    n, first = min(len(s) for s in seqs) - keep, seqs[0]
+    for s in seqs[1:]:
+        k = 0
+        while k < n and s[k] == first[k]:
+            k += 1
+        n = k
+    return max(n, 0)
+
+
+def prefix_forward(model, seqs: list[list[int]], pad_id: int, *, keep: int, logits_to_keep: int,
+                   head: int = 0, head_cache=None):
+    """Forward over seqs (no padding in them) whose shared prefix is computed once: (output with
+    its KV cache, attention mask [B, prefix + S]).
+
+    The prefix runs as one row (extending head_cache, a batch-1 cache of the first `head` tokens,
+    which is copied, not changed), its cache is repeated per row, and each row's rest runs
+    left-padded BETWEEN the prefix and the row -- masked, positions continuing from the prefix --
+    so every row's last token sits at the end. Rows never see each other or a pad: the same
+    numbers as one left-padded pass up to float rounding (tests/test_policy.py, test_reward.py)."""
+    import copy
+    dev = model.device
+    own = max(shared_prefix(seqs, keep), head)
+    cache = copy.deepcopy(head_cache) if head_cache is not None else None
+    if own > head:
+        cache = model(input_ids=torch.tensor([seqs[0][head:own]], device=dev), cache=cache, use_cache=True,
+                      position_ids=torch.arange(head, own, device=dev)[None], logits_to_keep=1).cache
+    cache.batch_repeat_interleave(len(seqs))
+    ids, mask = pad_left([s[own:] for s in seqs], pad_id, dev)
+    mask = torch.cat([mask.new_ones(len(seqs), own), mask], 1)
+    pos = (mask.cumsum(-1) - 1)[:, own:]
+    return model(input_ids=ids, attention_mask=mask, position_ids=pos, cache=cache, use_cache=True,
+                 logits_to_keep=logits_to_keep), mask
 
 
 def rollout(model, tokenizer, agents: tuple[Agent, ...], episodes: list[Episode], *,
@@ -142,7 +236,7 @@ def rollout(model, tokenizer, agents: tuple[Agent, ...], episodes: list[Episode]
         if ep.workdir:
             ep.start_files = workspace_files(ep.workdir)
     for agent in agents:
-        budget = min(max_new_tokens, agent.max_new_tokens)
+        budget = max_new_tokens if agent.max_new_tokens is None else min(max_new_tokens, agent.max_new_tokens)
         convs = {}
         for ep in live(episodes):
             with episode_guard(ep, agent.name):
@@ -161,13 +255,15 @@ def rollout(model, tokenizer, agents: tuple[Agent, ...], episodes: list[Episode]
             active = live(active)
             if not active:
                 break
+            scores: list = []
             with acting_as(model, agent.name if use_adapters else None):
-                outs = generate(model, tokenizer, [prompts[id(ep)] for ep in active], budget, temperature, batch_size)
+                outs = generate(model, tokenizer, [prompts[id(ep)] for ep in active], budget, temperature, batch_size,
+                                logprobs=scores)
             actions = []
-            for ep, (ids, truncated) in zip(active, outs):
+            for k, (ep, (ids, truncated)) in enumerate(zip(active, outs)):
                 text = tokenizer.decode(ids, skip_special_tokens=True)
                 action = Action(agent.name, turn, [dict(m) for m in convs[id(ep)]], prompts[id(ep)], ids, text,
-                                truncated)
+                                truncated, logprobs=scores[k] if k < len(scores) else None)
                 ep.actions.append(action)
                 finals[id(ep)][agent.name] = text
                 actions.append(action)

@@ -1,7 +1,11 @@
 """What a run tells a person: a per-agent table on the console each step, one JSON object per step
-in metrics.jsonl, and a few sample episodes per step (with coach scores) in samples.jsonl."""
+in metrics.jsonl, a few sample episodes per step (with coach scores) in samples.jsonl, the same
+metrics in an experiment tracker (--report-to), and a progress line per stage on a terminal."""
+import importlib
 import json
 import math
+import os
+import sys
 from dataclasses import asdict
 from pathlib import Path
 
@@ -20,8 +24,9 @@ def mean(xs) -> float:
     return sum(xs) / len(xs) if xs else float("nan")
 
 
-def rollout_metrics(episodes: list[Episode], agents) -> dict:
-    """Per-agent action statistics and episode accuracy of one rollout batch."""
+def rollout_metrics(episodes: list[Episode], agents, coached: bool = True) -> dict:
+    """Per-agent action statistics and episode accuracy of one rollout batch. coached=False (the coach
+    did not run: --reward outcome, in-training eval) leaves out score_mean and unscored."""
     m = {"episode/accuracy": mean([float(bool(ep.correct)) for ep in episodes]),
          "episode/count": len(episodes)}
     if episodes and episodes[0].workdir is not None:  # data task: success rate, metric means, fair means
@@ -31,13 +36,19 @@ def rollout_metrics(episodes: list[Episode], agents) -> dict:
         p = agent.name + "/"
         m[p + "actions"] = len(acts)
         m[p + "reward_mean"] = mean([a.reward for a in acts])
-        m[p + "score_mean"] = mean([a.score for a in acts])
-        m[p + "unscored"] = sum(a.score is None for a in acts)
+        if coached:
+            m[p + "score_mean"] = mean([a.score for a in acts])
+            m[p + "unscored"] = sum(a.score is None for a in acts)
         m[p + "length"] = mean([len(a.action_ids) for a in acts])
         m[p + "truncated"] = mean([float(a.truncated) for a in acts])
         if agent.uses_code:
             m[p + "tool_use"] = mean([float(a.tool_status is not None) for a in acts])
     return m
+
+
+def json_safe(metrics: dict) -> dict:
+    """NaN and infinities become null: bare NaN is not JSON (json.dumps writes it; strict readers fail)."""
+    return {k: None if isinstance(v, float) and not math.isfinite(v) else v for k, v in metrics.items()}
 
 
 def format_table(metrics: dict, agents) -> str:
@@ -62,7 +73,7 @@ def episode_record(ep: Episode, step: int | None = None) -> dict:
     actions = []
     for a in ep.actions:
         d = asdict(a)
-        for key in ("prompt_ids", "action_ids"):
+        for key in ("prompt_ids", "action_ids", "logprobs"):  # token-level: not for the sample log
             d.pop(key)
         d["tokens"] = len(a.action_ids)
         actions.append(d)
@@ -82,15 +93,96 @@ def sample_lines(episodes: list[Episode], agents, width: int = 100) -> list[str]
     return lines
 
 
-class RunLog:
-    """Appends to metrics.jsonl and samples.jsonl in the run folder and prints the table."""
+class Progress:
+    """A status line for long work ("step 3/20: coach, 24 actions"), rewritten in place with \\r when
+    the stream is a terminal, so a CPU step is never silent for a minute. Not a terminal (a log file,
+    CI, a pipe): silent, as the step table and metrics.jsonl say what happened."""
 
-    def __init__(self, run_dir: Path, agents, n_samples: int = 2, quiet: bool = False):
+    def __init__(self, stream=None, enabled: bool = True):
+        self.stream = stream if stream is not None else sys.stderr
+        self.on = enabled and getattr(self.stream, "isatty", lambda: False)()
+        self.width = 0
+
+    def __call__(self, text: str) -> None:
+        if self.on:
+            self.stream.write("\r" + text.ljust(self.width))
+            self.stream.flush()
+            self.width = len(text)
+
+    def done(self) -> None:
+        """Clear the line, before a normal line is printed."""
+        if self.on and self.width:
+            self.stream.write("\r" + " " * self.width + "\r")
+            self.stream.flush()
+            self.width = 0
+
+
+# --report-to: the module each tracker needs, and the package that provides it
+TRACKERS = {"tensorboard": ("torch.utils.tensorboard", "tensorboard"), "wandb": ("wandb", "wandb"),
+            "trackio": ("trackio", "trackio")}
+
+
+def tracker_module(name: str):
+    """The tracker's module (imported only when asked for); UserError naming the pip package if absent."""
+    from config import UserError
+    module, package = TRACKERS[name]
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        raise UserError(f"--report-to {name} needs the {package} package: pip install {package} "
+                        "(or --report-to none)") from None
+
+
+class Tracker:
+    """metrics.jsonl's numbers, each step, in TensorBoard (RUN/tensorboard), W&B or trackio (project
+    "mappa" or $WANDB_PROJECT / $TRACKIO_PROJECT; the run named after its folder). Started at the
+    first step logged, so only the process that logs (rank 0) starts it."""
+
+    def __init__(self, name: str, run_dir: Path, config: dict):
+        self.name, self.run_dir, self.config, self.run = name, run_dir, config, None
+
+    def log(self, metrics: dict) -> None:
+        values = {k: v for k, v in metrics.items() if k != "step" and isinstance(v, (int, float))}
+        step = metrics["step"]
+        if self.run is None:
+            module = tracker_module(self.name)
+            if self.name == "tensorboard":
+                self.run = module.SummaryWriter(log_dir=str(self.run_dir / "tensorboard"))
+            else:
+                project = os.environ.get(f"{self.name.upper()}_PROJECT", "mappa")
+                module.init(project=project, name=self.run_dir.name, config=self.config)
+                self.run = module
+        if self.name == "tensorboard":
+            for k, v in values.items():
+                self.run.add_scalar(k, v, step)
+            self.run.flush()
+        else:
+            self.run.log(values, step=step)
+
+    def close(self) -> None:
+        if self.run is not None:
+            self.run.close() if self.name == "tensorboard" else self.run.finish()
+            self.run = None
+
+
+class RunLog:
+    """Appends to metrics.jsonl and samples.jsonl in the run folder, prints the table and reports to
+    the tracker (--report-to)."""
+
+    def __init__(self, run_dir: Path, agents, n_samples: int = 2, quiet: bool = False,
+                 report_to: str = "none", config: dict | None = None):
         self.run_dir, self.agents, self.n_samples, self.quiet = Path(run_dir), agents, n_samples, quiet
+        self.tracker = Tracker(report_to, self.run_dir, config or {}) if report_to != "none" else None
+
+    def close(self) -> None:
+        if self.tracker is not None:
+            self.tracker.close()
 
     def log(self, metrics: dict, episodes: list[Episode]) -> None:
         with open(self.run_dir / "metrics.jsonl", "a") as f:
-            f.write(json.dumps(metrics) + "\n")
+            f.write(json.dumps(json_safe(metrics), allow_nan=False) + "\n")
+        if self.tracker is not None:
+            self.tracker.log(metrics)
         with open(self.run_dir / "samples.jsonl", "a") as f:
             for ep in episodes[:self.n_samples]:
                 f.write(json.dumps(episode_record(ep, metrics["step"])) + "\n")

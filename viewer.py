@@ -25,13 +25,29 @@ def read_jsonl(path: Path) -> list[dict]:
     """The JSON objects of a .jsonl file (blank lines skipped); UserError naming file:line."""
     if not path.is_file():
         raise UserError(f"{path} not found; is this a run folder (train.py) or an evaluated one (eval.py)?")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise UserError(f"{path}: not UTF-8 text (byte {e.start}); is this a file train.py or eval.py wrote?") from None
     rows = []
-    for lineno, line in enumerate(path.read_text().splitlines(), 1):
+    for lineno, line in enumerate(text.splitlines(), 1):
         if line.strip():
             try:
                 rows.append(json.loads(line))
-            except json.JSONDecodeError as e:
-                raise UserError(f"{path}:{lineno}: malformed JSON ({e.msg}); was the run killed mid-write?") from None
+            except ValueError as e:  # JSONDecodeError, or an integer past Python's digit limit
+                raise UserError(f"{path}:{lineno}: malformed JSON ({getattr(e, 'msg', e)}); was the run killed mid-write?") from None
+            if not isinstance(rows[-1], dict):
+                raise UserError(f"{path}:{lineno}: expected a JSON object per line, got "
+                                f"{type(rows[-1]).__name__}; is this a file train.py or eval.py wrote?")
+    return rows
+
+
+def metrics_records(path: Path) -> list[dict]:
+    """read_jsonl of a metrics.jsonl, each line checked to carry its integer "step"."""
+    rows = read_jsonl(path)
+    for i, r in enumerate(rows):
+        if not isinstance(r.get("step"), int) or isinstance(r.get("step"), bool):
+            raise UserError(f"{path}: record {i + 1} has no integer \"step\"; is this a metrics.jsonl train.py wrote?")
     return rows
 
 
@@ -77,12 +93,21 @@ def smooth(values: list[float], window: int) -> list[float]:
 def plot_runs(run_dirs: list[Path], out: Path, window: int = 1) -> Path:
     """Draw every run's curves into one PNG: one panel per metric, a colour per agent, a line
     style per run. Returns `out`."""
+    fig = draw_runs(run_dirs, window)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=100)
+    return out
+
+
+def draw_runs(run_dirs: list[Path], window: int = 1):
+    """The matplotlib Figure of plot_runs. A short run gets a marker on every point (a line through
+    one point draws nothing) and a tick at each of its steps (no fractional steps)."""
     try:
         from matplotlib.figure import Figure  # no pyplot: no GUI backend, no global state
         from matplotlib.ticker import MaxNLocator
     except ImportError:
         raise UserError("plotting needs matplotlib (an optional extra): pip install matplotlib") from None
-    curves = {d: training_curves(read_jsonl(d / "metrics.jsonl")) for d in run_dirs}
+    curves = {d: training_curves(metrics_records(d / "metrics.jsonl")) for d in run_dirs}
     titles = list(next(iter(curves.values())))
     fig = Figure(figsize=(15, 8.5), layout="constrained")
     axes = fig.subplots(2, 3).flatten()
@@ -92,10 +117,15 @@ def plot_runs(run_dirs: list[Path], out: Path, window: int = 1) -> Path:
             for label, (steps, values) in panels[title].items():
                 color = colors.setdefault(label, f"C{len(colors) % 10}")
                 name = label if len(run_dirs) == 1 else f"{d.name}: {label}"
-                ax.plot(steps, smooth(values, window), styles[i % len(styles)], color=color, label=name)
+                ax.plot(steps, smooth(values, window), styles[i % len(styles)], color=color, label=name,
+                        marker="o" if len(steps) <= 30 else None, markersize=4)
         ax.set_title(title)
         ax.set_xlabel("step")
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        shown = sorted({x for panels in curves.values() for steps, _ in panels[title].values() for x in steps})
+        if 0 < len(shown) <= 10:
+            ax.set_xticks(shown)
+        else:
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         if title in SHARES:
             ax.set_ylim(-0.03, 1.03)
         ax.grid(alpha=0.3)
@@ -104,9 +134,7 @@ def plot_runs(run_dirs: list[Path], out: Path, window: int = 1) -> Path:
         else:
             ax.text(0.5, 0.5, "no data", ha="center", va="center", transform=ax.transAxes)
     fig.suptitle(", ".join(d.name for d in run_dirs) + (f" (moving average over {window} steps)" if window > 1 else ""))
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=100)
-    return out
+    return fig
 
 
 # ---------------------------------------------------------------------------------- one episode

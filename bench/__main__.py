@@ -7,7 +7,7 @@ import time
 
 import torch
 
-from bench import report, rows, sizes
+from bench import measure, report, rows, sizes
 from bench.sizes import GPU_SIZES
 
 
@@ -20,7 +20,8 @@ class UsageError(argparse.ArgumentParser):
 def parse(argv=None) -> argparse.Namespace:
     p = UsageError(description="Benchmark MAPPA (rollout, coach, step vs TRL GRPO, memory, sizes, sandbox).")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
-    p.add_argument("--model", default="tiny", help="model of rows 1-4: tiny, tiny-50m, a Hub name or folder")
+    p.add_argument("--model", default="tiny", help="model of rows 1-3 (rollout, coach, step): tiny, tiny-50m, a Hub "
+                   "name or a local model folder, e.g. a pretrained laptop-team model")
     p.add_argument("--sizes", default="", help="row 5, comma-separated: tiny, tiny-50m, 1.5b, 7b "
                    "(default: all; --quick: tiny)")
     p.add_argument("--reps", type=int, default=0, help="repetitions after the warm-up (default 5; --quick 2)")
@@ -34,6 +35,8 @@ def parse(argv=None) -> argparse.Namespace:
     p.add_argument("--4bit", dest="four_bit", action=argparse.BooleanOptionalAction, default=None,
                    help="4-bit NF4 base (default: on with CUDA)")
     p.add_argument("--only", default="", help="rows to run, comma-separated: rollout,coach,step,memory,sizes,sandbox")
+    p.add_argument("--clock", default="wall", choices=["wall", "cpu"],
+                   help="what rows 1-3 time: wall, or this process's CPU time (steadier on shared cores; use with --threads 1)")
     p.add_argument("--json", default="", help="also write every number to this file")
     p.add_argument("--child", default="", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
@@ -62,6 +65,7 @@ def main(argv=None) -> None:
     args = parse(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
+    measure.set_clock(args.clock)
     if args.child:
         print("BENCH_CHILD " + json.dumps(sizes.run_child(args)), flush=True)
         return
@@ -69,12 +73,21 @@ def main(argv=None) -> None:
     with tempfile.TemporaryDirectory(prefix="mappa-bench-") as tmp:
         args.tmp = tmp
         if args.only & {"rollout", "coach", "step"}:
-            ctx = rows.make_ctx(args)
+            from agents import ModelLoadError
+            try:
+                ctx = rows.make_ctx(args)
+            except ModelLoadError as e:
+                print(f"error: {e}", file=sys.stderr)
+                sys.exit(2)
             params = ctx.base_params
             for name, fn in (("rollout", rows.bench_rollout), ("coach", rows.bench_coach), ("step", rows.bench_steps)):
                 if name in args.only:
-                    print(f"[bench] {name} ...", file=sys.stderr, flush=True)
+                    print(f"[bench] {name} ({args.model}, {args.reps} reps) ...", file=sys.stderr, flush=True)
+                    t_row = time.perf_counter()
                     results[name] = fn(ctx, args)
+                    ratio = results[name].get("ratio")
+                    print(f"[bench] {name} done in {time.perf_counter() - t_row:.0f} s"
+                          + (f", ratio {ratio:.2f}x" if ratio else ""), file=sys.stderr, flush=True)
             if "coach" in results and "step" in results:
                 results["step"]["generate_share"] = rows.step_share(results["step"], results["coach"])
             del ctx

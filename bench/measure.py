@@ -9,6 +9,22 @@ import time
 
 import torch
 
+from runlog import Progress
+
+CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
+_clock = [time.perf_counter]
+
+
+def set_clock(name: str) -> None:
+    """wall: elapsed time; cpu: this process's CPU time -- on cores shared with other jobs, one
+    torch thread's CPU time hardly moves with their load, where wall time does (several-fold).
+    It leaves out child processes (the sandbox's code runs)."""
+    _clock[0] = CLOCKS[name]
+
+
+def now() -> float:
+    return _clock[0]()
+
 
 def peak_memory_mb(device: str) -> float:
     """Peak memory since the last reset_peak, in MiB: CUDA max_memory_allocated, else the
@@ -39,16 +55,18 @@ def reset_peak(device: str) -> None:
 def repeat(fns: dict, reps: int, warmup: int = 1, device: str = "cpu") -> dict[str, list[dict]]:
     """Call each fn () -> dict of counts warmup + reps times, interleaved; per fn, the reps'
     dicts with "seconds" added (a fn may time itself by returning "seconds")."""
-    runs = {name: [] for name in fns}
+    runs, progress = {name: [] for name in fns}, Progress()  # a status line on a terminal only
     for i in range(warmup + reps):
         for name, fn in fns.items():
-            t0 = time.perf_counter()
+            progress(f"[bench] {name}: " + (f"warm-up {i + 1}/{warmup}" if i < warmup else f"rep {i - warmup + 1}/{reps}"))
+            t0 = now()
             out = fn()
             if device.startswith("cuda"):
                 torch.cuda.synchronize()
-            out.setdefault("seconds", time.perf_counter() - t0)
+            out.setdefault("seconds", now() - t0)
             if i >= warmup:
                 runs[name].append(out)
+    progress.done()
     return runs
 
 

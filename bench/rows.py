@@ -8,7 +8,8 @@ from types import SimpleNamespace
 
 import torch
 
-from bench.measure import rates, repeat, seconds, spread
+from bench.measure import now, rates, repeat, seconds, spread
+from runlog import Progress
 
 TRL_PIN = "trl==1.16.0"
 
@@ -71,9 +72,9 @@ def mappa_step(ctx, args, coach) -> dict:
 
     restore(ctx)
     eps = episodes(args)
-    t0 = time.perf_counter()
+    t0 = now()
     run_rollout(ctx, eps, ctx.cfg.gen_batch_size)
-    t1 = time.perf_counter()
+    t1 = now()
     for ep in eps:
         grade(ep, ctx.agents)
     items = [(ep, a) for ep in eps for a in ep.actions]
@@ -81,13 +82,13 @@ def mappa_step(ctx, args, coach) -> dict:
         for (_, a), s in zip(items, coach.score(items)):
             a.score = s
     assign_rewards(eps, "process" if coach is not None else "outcome")
-    t2 = time.perf_counter()
+    t2 = now()
     for agent in ctx.agents:
         update_agent(ctx.model, agent.name, [a for _, a in items if a.agent == agent.name],
                      ctx.optimizers[agent.name], ctx.cfg)
     if ctx.model.device.type == "cuda":
         torch.cuda.synchronize()
-    t3 = time.perf_counter()
+    t3 = now()
     return {"seconds": t3 - t0, "tokens": action_tokens(eps), "rollout": t1 - t0, "coach": t2 - t1,
             "update": t3 - t2}
 
@@ -133,9 +134,9 @@ def bench_coach(ctx, args) -> dict:
     calls, plain, plain_stops = [], reward.generate, rollout.stop_ids
 
     def timed_generate(*a, **k):  # record each coach generate call: (tokens, seconds)
-        t0 = time.perf_counter()
+        t0 = now()
         outs = plain(*a, **k)
-        calls.append((sum(len(ids) for ids, _ in outs), time.perf_counter() - t0))
+        calls.append((sum(len(ids) for ids, _ in outs), now() - t0))
         return outs
 
     def score(mode, forced):
@@ -184,7 +185,8 @@ def bench_steps(ctx, args) -> dict:
     mappa, state = [], {"i": 0}
 
     def step():
-        run = mappa_step(ctx, args, c)
+        with torch.random.fork_rng():  # TRL's sampling must not depend on how much RNG MAPPA's step drew
+            run = mappa_step(ctx, args, c)
         if state["i"] > 0:  # the first is the warm-up
             mappa.append(run)
         state["i"] += 1
@@ -205,8 +207,11 @@ def bench_steps(ctx, args) -> dict:
     except ImportError as e:
         trl_error = f"not measured: TRL missing ({e.name}); pip install {TRL_PIN}"
     if trl_runs is None:
-        for _ in range(1 + args.reps):
+        progress = Progress()
+        for i in range(1 + args.reps):
+            progress(f"[bench] step: {'warm-up' if i == 0 else f'rep {i}/{args.reps}'}")
             step()
+        progress.done()
     out = {"logit": {"s_per_1k": spread([r["seconds"] / r["tokens"] * 1000 for r in mappa]),
                      "step_s": spread(seconds(mappa)), "tokens": mappa[0]["tokens"],
                      "coach_share": spread([r["coach"] / r["seconds"] for r in mappa]),

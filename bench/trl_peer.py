@@ -9,9 +9,10 @@ pass per rollout batch, and gradient checkpointing on/off as in the MAPPA step.
 """
 import contextlib
 import io
-import time
 
 import torch
+
+from bench.measure import now
 
 
 def grpo_step_runs(model_name: str, device: str, load_in_4bit: bool, prompts: list[list[dict]], *,
@@ -43,10 +44,10 @@ def grpo_step_runs(model_name: str, device: str, load_in_4bit: bool, prompts: li
 
     class Clock(TrainerCallback):
         def on_step_begin(self, args, state, control, **kwargs):
-            self.t0 = time.perf_counter()
+            self.t0 = now()
 
         def on_step_end(self, args, state, control, **kwargs):
-            runs.append({"seconds": time.perf_counter() - self.t0, "tokens": sum(counted)})
+            runs.append({"seconds": now() - self.t0, "tokens": sum(counted)})
             counted.clear()
             if between is not None:
                 between()

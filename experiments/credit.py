@@ -26,6 +26,7 @@ import torch
 import tiny
 from agents import Agent
 from config import PRESETS, Config, UserError, build_parser, fail, opt
+from runlog import Progress
 from tasks.problems import Problem
 
 # The team: who acts, in order, and what kind of token its part must be made of.
@@ -173,7 +174,7 @@ def run_config(exp: Experiment, arm: str, seed: int, model: Path) -> Config:
                      "seed": seed, "steps": exp.steps, "problems_per_step": exp.episodes // 2,
                      "samples_per_problem": 2, "max_new_tokens": 24, "lr": exp.lr, "beta": exp.beta,
                      "minibatch_size": exp.episodes, "micro_batch_size": exp.episodes,
-                     "save_every": exp.steps, "keep_checkpoints": 1, "log_samples": 1,
+                     "save_every": exp.steps, "keep_checkpoints": 1, "log_samples": 1, "threads": 1,
                      "out_dir": str(Path(exp.runs) / f"{arm}-seed{seed}"), "overwrite": True})
 
 
@@ -199,13 +200,22 @@ def run_all(exp: Experiment, arms: list[str]) -> dict[str, list[list[dict]]]:
     ensure_model()  # once, before the workers race for it
     # One CPU thread per run: the tiny model's ops are too small to split, and on a busy 2-core
     # machine two threads per process spin-waited for each other -- 10x slower in our measurements.
+    progress, results = Progress(), []  # "credit: 3/12 runs done" on a terminal; silent otherwise
+    progress(f"credit: 0/{len(jobs)} runs done")
+
+    def collect(done):  # in job order, as each finishes
+        for (_, arm, seed), metrics in zip(jobs, done):
+            results.append(metrics)
+            progress(f"credit: {len(results)}/{len(jobs)} runs done (last: {arm}, seed {seed})")
+
     if exp.workers == 1:
         torch.set_num_threads(1)
-        results = [run_one(j) for j in jobs]
+        collect(map(run_one, jobs))
     else:
         import multiprocessing as mp
         with mp.get_context("spawn").Pool(exp.workers, initializer=torch.set_num_threads, initargs=(1,)) as pool:
-            results = pool.map(run_one, jobs, chunksize=1)
+            collect(pool.imap(run_one, jobs, chunksize=1))
+    progress.done()
     out = {arm: [] for arm in arms}
     for (_, arm, _), metrics in zip(jobs, results):
         out[arm].append(metrics)

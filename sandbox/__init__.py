@@ -21,6 +21,8 @@ Isolation layers, outermost first, and why each exists:
    >= 6.14), RLIMIT_CORE=0.
 3. An allow-listed environment (no tokens), BLAS/OpenMP pools pinned to 1 thread, stdin from
    /dev/null (input() raises EOFError at once instead of hanging).
+   After setup, init locks down (lockdown.py): not dumpable, no capability, no_new_privs, a
+   seccomp filter; the action cannot change mounts or namespaces, trace init or forge its report.
 4. The trainer reads stdout/stderr incrementally (head + tail kept, never the whole stream),
    enforces the wall-clock timeout and holds the shim's stdin as a *lifeline*: closing it
    (timeout, end of action, trainer death) makes the shim SIGKILL init, i.e. the namespace.
@@ -31,7 +33,7 @@ docs/sandbox.md lists what is and is not isolated in each mode.
 
 Files: this one is the trainer side (public API, starting the shim, reading its output,
 classifying the result); child.py beside it is everything that runs on the other side of the
-process boundary (shim, init, action: unshare, mounts, rlimits).
+process boundary (shim, init, action: unshare, mounts, rlimits), lockdown.py its last step.
 """
 from __future__ import annotations
 
@@ -58,6 +60,9 @@ THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NU
 _MEMORY_RE = re.compile(r"MemoryError|Unable to allocate|bad_alloc|Cannot allocate memory|out of memory")
 # by absolute path, fixed at import: the trainer's cwd may be anywhere and may change later
 _CHILD = os.path.join(os.path.dirname(os.path.abspath(__file__)), "child.py")
+# The project is hidden from actions: its task generator would rebuild the hidden answers of the
+# built-in data tasks (a reward hack), and run folders under it hold checkpoints (issue 15).
+_PROJECT = Path(__file__).resolve().parent.parent
 _MODE_OVERRIDE: str | None = None  # tests set "plain" to exercise the fallback on any machine
 
 
@@ -330,15 +335,17 @@ def _env(wd: Path, run_id: str) -> dict:
 
 def _overlays(network: bool) -> list[list]:
     """[dir, keep, private] per directory that the action sees as an empty tmpfs: private ones
-    (/tmp, /dev/shm) stay writable, hidden ones ($HOME: tokens, keys; /run: docker.sock...) are
-    made read-only. `keep` lists the top-level entries Python itself needs (interpreter,
-    site-packages, sys.path; the DNS config with network), bound back in. Parents first."""
+    (/tmp, /dev/shm) stay writable, hidden ones ($HOME: tokens, keys; /run: docker.sock...; the
+    project) are made read-only. `keep` lists the top-level entries Python itself needs
+    (interpreter, site-packages, sys.path; the DNS config with network), bound back in. Parents first."""
     import site
     needed = [Path(p).resolve() for p in filter(None, [sys.prefix, sys.base_prefix, sys.executable,
                                                          *site.getsitepackages(), *sys.path])]
+    needed = [p for p in needed if p != _PROJECT]  # on sys.path for the trainer, not for an action
     if network:
         needed.append(Path("/etc/resolv.conf").resolve())
-    dirs = {str(Path.home().resolve()): False, "/run": False, "/tmp": True, "/dev/shm": True}
+    dirs = {str(Path.home().resolve()): False, "/run": False, "/tmp": True, "/dev/shm": True,
+            str(_PROJECT): False}
     out = []
     for d, private in sorted((os.path.realpath(d), p) for d, p in dirs.items()):
         dp = Path(d)

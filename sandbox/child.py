@@ -51,11 +51,14 @@ def _shim_main(cfg: dict) -> None:
             if not probe:
                 _report(status_fd, {"end": 1, "error": f"unshare({','.join(ns)}) failed: {e}"})
                 os._exit(1)
+    # opened before init exists: init shares this mount namespace and briefly hides /dev/null
+    # while it builds the minimal /dev (a race that made the shim crash under load)
+    devnull = os.open(os.devnull, os.O_RDWR)
     init = os.fork()
     if init == 0:
+        os.close(devnull)
         _init_main(cfg, feats, src)
     os.close(status_fd)
-    devnull = os.open(os.devnull, os.O_RDWR)
     os.dup2(devnull, 1), os.dup2(devnull, 2)  # so the trainer sees EOF when the action ends
     try:
         waitables = [0, os.pidfd_open(init)]
@@ -80,12 +83,17 @@ def _init_main(cfg: dict, feats: dict, src: bytes) -> None:
     signal.signal(signal.SIGINT, signal.SIG_DFL)  # pid 1 ignores SIG_DFL signals sent from inside
     os.dup2(os.open(os.devnull, os.O_RDONLY), 0)  # drop the lifeline; stdin is /dev/null
     ctypes.CDLL(None).prctl(1, ctypes.c_ulong(signal.SIGKILL))  # PR_SET_PDEATHSIG: die with the shim
+    lockdown = _lockdown_module()  # loaded before _setup_fs hides the project it lives in
     if feats["ns"]:
         try:
             _setup_fs(cfg, feats)
         except OSError as e:
             _report(status_fd, {"end": 1, "error": f"filesystem setup failed: {e}"})
             os._exit(1)
+    feats.update(lockdown.lock_down())  # from here on: no capability, no mount change
+    if feats["ns"] and not (feats["caps_dropped"] and feats["no_new_privs"]):
+        _report(status_fd, {"end": 1, "error": f"could not drop privileges: {feats}"})
+        os._exit(1)
     _report(status_fd, {"features": feats})
     os.setsid()  # own session: kill(0, sig) from the action cannot reach the shim
     action = os.fork()
@@ -105,6 +113,7 @@ def _action_main(cfg: dict, src: bytes) -> None:
     interpreter flushes output, joins threads and runs atexit as for `python -c`."""
     import builtins, linecache, resource, traceback, types  # noqa: E401
     os.close(cfg["status_fd"])
+    ctypes.CDLL(None).prctl(4, ctypes.c_ulong(1))  # PR_SET_DUMPABLE again (init stays not dumpable)
     signal.signal(signal.SIGINT, signal.default_int_handler)
     lim, mb = cfg["limits"], 1024 * 1024
     for res, value in ((resource.RLIMIT_AS, lim["memory_mb"] * mb), (resource.RLIMIT_FSIZE, lim["max_file_mb"] * mb),
@@ -207,6 +216,15 @@ def _set_pid_max(max_procs: int):
         with open(f"/proc/sys/kernel/{name}", "w") as f:
             f.write(str(value))
     return 301 + max_procs
+
+
+def _lockdown_module():
+    """lockdown.py beside this file, loaded by path (this file never imports the sandbox package)."""
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("_mappa_lockdown", os.path.join(os.path.dirname(__file__), "lockdown.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def _report(fd: int, obj: dict) -> None:

@@ -2,10 +2,13 @@
 
 Numbers compare exactly (``fractions.Fraction``: "0.75" = "3/4" = "\\dfrac34", "1,000" = "1000",
 "023" = "23"); units, degrees, ``$...$`` and ``x =`` are stripped; everything else compares as a
-normalised string. tests/test_grader.py lists what must and must not match.
+normalised string; powers and scientific notation are numbers ("2^{10}" = "1e3" + 24), square roots
+are simplified ("\\sqrt8" = "2\\sqrt2"), "a/b" is "\\frac{a}{b}" and "(B)" is "B".
+tests/test_grader.py lists what must and must not match; `--grader math-verify` adds math-verify.
 """
 from __future__ import annotations
 
+import math
 import re
 from fractions import Fraction
 
@@ -15,6 +18,7 @@ _NUM = r"[+-]?\s*(?:\d{1,3}(?:[, ]\d{3})+(?:\.\d*)?|\d+\.?\d*|\.\d+)"
 _UNIT_TEXT = re.compile(_TEXT_CMD + r"\s*\{\s*[A-Za-z][A-Za-z ./]*\}\s*(?:\^\s*\{?\s*[23]\s*\}?)?\s*$")
 _UNIT_WORDS = re.compile(r"^(.*?\S)\s+((?:[A-Za-z]{2,}\s+)*[A-Za-z]{2,})(?:\^\s*\{?\s*[23]\s*\}?)?\s*$")
 # words that make an expression, not a unit: "2 pi" must not become 2
+_MAX_EXP = 400  # 10^400 at most: a power or exponent beyond that is compared as a string
 _NOT_UNITS = {"pi", "sqrt", "and", "or", "to", "times", "cdot", "mod", "over", "plus", "minus",
               "infty", "inf", "infinity", "ln", "log", "sin", "cos", "tan"}
 
@@ -37,8 +41,8 @@ def _braced(s: str, i: int) -> tuple[str, int] | None:
 
 def extract_boxed(text: str | None) -> str | None:
     """Contents of the last top-level ``\\boxed{...}`` / ``\\fbox{...}`` (nested braces handled;
-    ``\\boxed 5`` too). A box that never closes (output cut off) is ignored, so the last complete
-    box wins. None if there is no box."""
+    ``\\boxed 5`` too). A box that never closes (output cut off) or holds nothing (``\\boxed{}``)
+    is ignored, so the last complete, non-empty box wins. None if there is no such box."""
     found, pos = None, 0
     while text and (m := _BOX.search(text, pos)):
         i = m.end()
@@ -48,7 +52,9 @@ def extract_boxed(text: str | None) -> str | None:
             got = _braced(text, i)
             if got is None:
                 break
-            found, pos = got
+            if got[0].strip():
+                found = got[0]
+            pos = got[1]
         elif i > m.end() and (tok := re.match(r"[^\s$]+", text[i:])):
             found, pos = tok.group(), i + tok.end()
         else:
@@ -87,6 +93,13 @@ def _strip_wrappers(s: str) -> str:
 def _to_fraction(s: str) -> Fraction | None:
     """Exact value of a plain number ("1,000", "-0.50", "023"), "a/b" or "\\frac{a}{b}"; else None."""
     s = s.strip()
+    if m := re.fullmatch(rf"({_NUM})\s*(?:[eE]\s*([+-]?\d+)|(?:\\times|\\cdot|\*|×)\s*10\s*\^\s*\{{?\s*([+-]?\d+)\s*\}}?)", s):
+        exp = int(m[2] or m[3])  # 1e3, 1.5 \times 10^{3}
+        return _to_fraction(m[1]) * Fraction(10) ** exp if abs(exp) <= _MAX_EXP else None
+    if m := re.fullmatch(r"(\d+)\s*\^\s*\{?\s*([+-]?\d+)\s*\}?", s):  # 2^{10}, 10^3
+        base, exp = int(m[1]), int(m[2])
+        small = base <= 1 or abs(exp) * math.log10(base) <= _MAX_EXP
+        return Fraction(base) ** exp if small and (base or exp >= 0) else None
     if m := re.fullmatch(r"([+-]?)\s*\\frac\{([^{}]*)\}\{([^{}]*)\}", s):
         sign, parts = (-1 if m[1] == "-" else 1), (m[2], m[3])
     elif m := re.fullmatch(rf"({_NUM})\s*/\s*({_NUM})", s):
@@ -138,19 +151,61 @@ def normalize_answer(s: str | None) -> str:
     if lhs and "=" not in lhs[1]:  # "x = 5" -> "5", but not "x = y = 5"
         s = lhs[1]
     s = _strip_wrappers(_strip_units(_strip_wrappers(s)))
+    s = re.sub(r"(?<![\d.])(\d*)\s*\\sqrt\{(\d+)\}", _simplify_sqrt, s)
     if (v := _to_fraction(s)) is not None:
         return str(v)  # Fraction prints "23" or "-3/4"
+    if m := re.fullmatch(r"\(\s*([A-Z])\s*\)", s):
+        return m[1]  # a multiple-choice letter: "(B)" -> "B"
+    if m := re.fullmatch(r"([^/\s(),=+-]+)\s*/\s*([^/\s(),=+-]+)", s):
+        s = "\\frac{%s}{%s}" % (m[1], m[2])  # "\pi/2" -> "\frac{\pi}{2}", as _clean_latex writes it
     # spaces go, except between two digits: "1 2" must not become 12
     return re.sub(r"\s+", lambda m: " " if 0 < m.start() and m.end() < len(s)
                   and s[m.start() - 1].isdigit() and s[m.end()].isdigit() else "", s)
 
 
-def is_equiv(pred: str | None, gold: str) -> bool:
-    """True if ``pred`` and ``gold`` normalise to the same non-empty canonical form."""
+def _simplify_sqrt(m: re.Match) -> str:
+    """"k\\sqrt{n}" with the square factors of n taken out: \\sqrt{8} -> 2\\sqrt{2}, \\sqrt{4} -> 2."""
+    k, n = int(m[1] or 1), int(m[2])
+    if n > 10**8:  # factoring stays cheap; bigger radicands compare as written
+        return m[0]
+    f = math.isqrt(n)
+    while f > 1 and n % (f * f):
+        f -= 1
+    k, n = k * f, n // (f * f)
+    return str(k) if n == 1 else ("" if k == 1 else str(k)) + "\\sqrt{%d}" % n
+
+
+_NUMBER = re.compile(r"-?\d+(?:/\d+)?")  # normalize_answer's form of an exact number
+
+
+def is_equiv(pred: str | None, gold: str, backend: str = "fast") -> bool:
+    """True if ``pred`` and ``gold`` normalise to the same non-empty canonical form.
+
+    backend "math-verify" (``--grader math-verify``; pip install math-verify) also asks math-verify
+    (symbolic, via sympy) when the fast check says no -- but never for a gold answer that is an
+    exact number (AIME's integers): there the fast grader is exact, and faster."""
     a, b = normalize_answer(pred), normalize_answer(gold)
-    return bool(a) and a == b
+    if a and a == b:
+        return True
+    if backend == "fast" or not a or not b or _NUMBER.fullmatch(b):
+        return False
+    return _math_verify(str(pred), str(gold))
 
 
-def grade(action_text: str, gold: str) -> bool:
+def _math_verify(pred: str, gold: str) -> bool:
+    """math-verify's verdict on two bare answers (imported here: an optional extra)."""
+    import threading
+    try:
+        from math_verify import parse, verify
+    except ImportError:
+        raise ImportError("--grader math-verify needs the math-verify package: pip install math-verify") from None
+    # its timeouts use signal.alarm, which works in the main thread only
+    limit = 5 if threading.current_thread() is threading.main_thread() else None
+    g = parse(f"${gold.strip().strip('$')}$", parsing_timeout=limit)
+    p = parse(f"${pred.strip().strip('$')}$", parsing_timeout=limit)
+    return bool(g and p and verify(g, p, timeout_seconds=limit))
+
+
+def grade(action_text: str, gold: str, backend: str = "fast") -> bool:
     """Is the last boxed answer in ``action_text`` equivalent to ``gold``?"""
-    return is_equiv(extract_boxed(action_text), gold)
+    return is_equiv(extract_boxed(action_text), gold, backend)

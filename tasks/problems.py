@@ -9,6 +9,7 @@ import json
 import os
 import random
 import re
+import sys
 from dataclasses import dataclass, replace
 
 
@@ -167,11 +168,13 @@ def builtin_problems(split: str, n: int | None = None, steps: tuple = (2, 4, Fal
 # ----------------------------------------------------------------------------- loading
 _PROBLEM_KEYS = ("problem", "prompt", "question")
 _HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?")
+_FILE_TYPES = (".json", ".jsonl", ".parquet", ".csv")  # .parquet/.csv and folders: read by `datasets`
 
 
 def load_problems(source: str, split: str = "train", limit: int | None = None) -> list[Problem]:
     """Problems from "builtin", a ``.json`` file (a list of objects or ``{"problems": [...]}``),
-    a ``.jsonl`` file (one object per line), or a Hugging Face Hub dataset name. Each record needs
+    a ``.jsonl`` file (one object per line), a ``.parquet`` or ``.csv`` file, a folder (written by
+    ``Dataset[Dict].save_to_disk``, or holding data files), or a Hugging Face Hub dataset name. Each record needs
     problem text (first of problem|prompt|question) and ``answer``; ``id`` and ``kind`` are
     optional (defaults: "<stem>-<index>" and the file stem). Raises DataError (one line)."""
     if limit is not None and limit < 1:
@@ -181,15 +184,18 @@ def load_problems(source: str, split: str = "train", limit: int | None = None) -
         return builtin_problems(split, limit, steps) if split == "train" else builtin_problems(split, None, steps)[:limit]
     path = os.path.expanduser(source)
     ext = os.path.splitext(path)[1].lower()
-    looks_local = ext in (".json", ".jsonl") or path.startswith(("/", "./", "../", "~"))
+    looks_local = ext in _FILE_TYPES or path.startswith(("/", "./", "../", "~"))
     if looks_local and not os.path.exists(path):
         raise DataError(f"problem file not found: {source}; check the path, or use 'builtin'")
     if os.path.isfile(path):
-        if ext not in (".json", ".jsonl"):
+        if ext not in _FILE_TYPES:
             raise DataError(f"{source}: unsupported problem file type {ext or '(none)'!r}; "
-                            "convert it to .json (a list of objects) or .jsonl (one object per line)")
+                            f"use {', '.join(_FILE_TYPES)} or a folder written by Dataset.save_to_disk")
         stem = os.path.splitext(os.path.basename(path))[0]
-        rows = _read_jsonl(path) if ext == ".jsonl" else _read_json(path)
+        rows = _read_jsonl(path) if ext == ".jsonl" else _read_json(path) if ext == ".json" \
+            else _read_with_datasets(source, split, path)
+    elif os.path.isdir(path):  # a save_to_disk folder, or a folder of data files
+        stem, rows = os.path.basename(os.path.abspath(path)), _read_with_datasets(source, split, path)
     else:
         stem, rows = source.rstrip("/").split("/")[-1], _read_hub(source, split)
     problems = [_to_problem(rec, where, f"{stem}-{i}", stem) for i, (where, rec) in enumerate(rows)]
@@ -202,6 +208,10 @@ def load_problems(source: str, split: str = "train", limit: int | None = None) -
             raise DataError(f"{source}: duplicate id {p.id!r} (records {seen[p.id]} and {i}); "
                             "make ids unique or drop the id field")
     return problems[:limit]
+
+
+_TOO_LONG = (f"a number has more than {sys.get_int_max_str_digits()} digits (Python's limit); "
+             "write a very long answer as a string, in quotes")
 
 
 def _read_text(path: str) -> str:
@@ -219,6 +229,8 @@ def _read_json(path: str) -> list[tuple[str, object]]:
     except json.JSONDecodeError as e:
         raise DataError(f"{path}:{e.lineno}: malformed JSON ({e.msg}, column {e.colno}); "
                         "fix the syntax, or use .jsonl with one object per line") from None
+    except ValueError:  # json reads an integer past Python's digit limit as a ValueError
+        raise DataError(f"{path}: {_TOO_LONG}") from None
     if isinstance(data, dict) and isinstance(data.get("problems"), list):
         data = data["problems"]
     if not isinstance(data, list):
@@ -238,20 +250,58 @@ def _read_jsonl(path: str) -> list[tuple[str, object]]:
         except json.JSONDecodeError as e:
             raise DataError(f"{path}:{lineno}: malformed JSON line ({e.msg}, column {e.colno}); "
                             "each line must be one complete JSON object") from None
+        except ValueError:
+            raise DataError(f"{path}:{lineno}: {_TOO_LONG}") from None
     return rows
+
+
+def _load_datasets():
+    try:
+        import datasets  # lazy: heavy, and only needed for Parquet/CSV, folders and Hub sources
+    except ImportError:
+        raise DataError("reading this source needs the 'datasets' package: pip install datasets, "
+                        "or convert it to .json/.jsonl") from None
+    return datasets
+
+
+def _read_with_datasets(source: str, split: str, path: str) -> list[tuple[str, object]]:
+    """[(where, row)] from a .parquet/.csv file or a local folder, read by ``datasets``: a folder
+    with save_to_disk's files by ``load_from_disk`` (a DatasetDict: its ``split``, or its only one),
+    any other folder or file by ``load_dataset``. Any failure -> DataError (one line)."""
+    datasets = _load_datasets()
+    datasets.disable_progress_bars()  # a bar per tiny local file is noise next to the step table
+    saved = os.path.isdir(path) and any(os.path.isfile(os.path.join(path, f))
+                                         for f in ("dataset_dict.json", "state.json"))
+    try:
+        if saved:
+            ds = datasets.load_from_disk(path)
+            if isinstance(ds, datasets.DatasetDict):
+                if split not in ds and len(ds) != 1:
+                    raise DataError(f"{source}: no split {split!r} in this DatasetDict (it has "
+                                    f"{', '.join(ds)}); save that split, or pass one split's folder")
+                ds = ds[split] if split in ds else next(iter(ds.values()))
+        elif os.path.isdir(path):
+            ds = datasets.load_dataset(path, split=split)
+        else:
+            kind = {".csv": "csv", ".parquet": "parquet"}[os.path.splitext(path)[1].lower()]
+            ds = datasets.load_dataset(kind, data_files=path, split="train")
+    except DataError:
+        raise
+    except Exception as e:  # unreadable file, no data files, bad split: all mean "not loadable"
+        msg = " ".join(str(e).split())[:200]
+        raise DataError(f"could not read {source} with the datasets library ({type(e).__name__}: {msg}); "
+                        "check the file, or convert it to .json/.jsonl") from None
+    where = f"{source} [{split}] row" if os.path.isdir(path) else f"{source}: row"
+    return [(f"{where} {i}", dict(row)) for i, row in enumerate(ds)]
 
 
 def _read_hub(source: str, split: str) -> list[tuple[str, object]]:
     """[(where, row)] from ``datasets.load_dataset(source, split=split)``; any failure -> DataError.
     Without network, set HF_HUB_OFFLINE=1 to fail at once instead of after the Hub client's retries."""
-    fix = "pass a local .json/.jsonl file or 'builtin'"
+    fix = "pass a local file (.json/.jsonl/.parquet/.csv), a folder (./name) or 'builtin'"
     if not _HUB_ID.fullmatch(source):
         raise DataError(f"{source!r} is not a file and not a valid Hugging Face Hub dataset name; {fix}")
-    try:
-        import datasets  # lazy: heavy, and only needed for Hub sources
-    except ImportError:
-        raise DataError(f"cannot load Hub dataset {source!r}: the 'datasets' package is not "
-                        f"installed; pip install datasets, or {fix}") from None
+    datasets = _load_datasets()
     try:
         ds = datasets.load_dataset(source, split=split)
     except Exception as e:  # network, missing repo, bad split, auth: all mean "not loadable"
@@ -289,7 +339,10 @@ def _answer_str(v: object, where: str) -> str:
         if v != v or v in (float("inf"), float("-inf")):
             raise DataError(f"{where}: 'answer' is {v}; give a finite number or a string")
         return str(int(v)) if v.is_integer() else repr(v)
-    s = str(v).strip()
+    try:
+        s = str(v).strip()
+    except ValueError:  # an int past Python's digit limit (e.g. from a Hub dataset)
+        raise DataError(f"{where}: 'answer' {_TOO_LONG}") from None
     if not s:
         raise DataError(f"{where}: 'answer' is empty; give the gold answer")
     return s

@@ -7,6 +7,10 @@ cannot look good by failing often. The math task's counterpart is tasks/grader.p
 """
 from __future__ import annotations
 
+import errno
+import io
+import os
+import stat
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +21,7 @@ from tasks.tabular import KINDS, DataError, TabularTask, canon
 
 # Worst values used by fair_aggregate for a failed episode (see its docstring for why).
 WORST = {"accuracy": 0.0, "f1": 0.0, "roc_auc": 0.5, "rmse_pct": 100.0}
+MAX_SUBMISSION_BYTES = 16 << 20  # a test split has ~100 rows; nothing legitimate comes near this
 
 
 def _fail(reason: str) -> dict:
@@ -32,6 +37,32 @@ def _probabilities(s: pd.Series) -> np.ndarray | None:
     return p if np.all((p >= 0) & (p <= 1)) else None
 
 
+def read_untrusted(path: Path, max_bytes: int = MAX_SUBMISSION_BYTES) -> bytes | str:
+    """The bytes of a file an action wrote, or the reason it is refused (a str). The last path
+    component is never followed (O_NOFOLLOW), only a regular file is read (fstat after opening,
+    O_NONBLOCK so a FIFO cannot hang the trainer) and at most max_bytes: a symlink to
+    /proc/self/environ or a secret file yields its refusal, never its content (issue 15)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return f"{path.name} not found"
+    except OSError as e:  # ELOOP: a symbolic link
+        return f"{path.name} is not a regular file ({'a symbolic link' if e.errno == errno.ELOOP else e.strerror})"
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            return f"{path.name} is not a regular file"
+        if st.st_size > max_bytes:
+            return f"{path.name} is {st.st_size} bytes, over the {max_bytes}-byte cap"
+        data, chunk = bytearray(), b"x"
+        while chunk and len(data) <= max_bytes:  # a regular file: O_NONBLOCK does not apply
+            chunk = os.read(fd, max_bytes + 1 - len(data))
+            data += chunk
+    finally:
+        os.close(fd)
+    return bytes(data) if len(data) <= max_bytes else f"{path.name} is over the {max_bytes}-byte cap"
+
+
 def score_submission(task: TabularTask, path: Path) -> dict:
     """Check submission.csv against the hidden answers, matching rows by id.
 
@@ -43,10 +74,11 @@ def score_submission(task: TabularTask, path: Path) -> dict:
     only computed from such probabilities (hard 0/1 labels are not a ranking).
     """
     path = Path(path)
-    if not path.is_file():
-        return _fail(f"{path.name} not found")
+    raw = read_untrusted(path)
+    if isinstance(raw, str):
+        return _fail(raw)
     try:
-        sub = pd.read_csv(path)
+        sub = pd.read_csv(io.BytesIO(raw))
     except Exception as e:  # any parser failure means an invalid submission, not a crash
         first = (str(e).splitlines() or [type(e).__name__])[0]
         return _fail(f"{path.name} is not a parsable CSV: {first}")

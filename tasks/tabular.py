@@ -35,7 +35,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from tasks.problems import DataError
+from tasks.problems import DataError, _read_text
 
 KINDS = ("binary", "multiclass", "regression")
 METRICS = {"binary": ("accuracy", "f1", "roc_auc"), "multiclass": ("accuracy", "f1"),
@@ -236,10 +236,13 @@ def _load_one(folder: Path) -> TabularTask:
     meta_path = folder / "task.json"
     if not meta_path.is_file():
         raise DataError(f"{meta_path}: file missing (needs metric, target, id_col)")
+    meta_text = _read_text(meta_path)  # DataError if it is not UTF-8
     try:
-        meta = json.loads(meta_path.read_text())
+        meta = json.loads(meta_text)
     except json.JSONDecodeError as e:
         raise DataError(f"{meta_path}: invalid JSON at line {e.lineno}: {e.msg}") from None
+    except ValueError as e:  # an integer past Python's digit limit
+        raise DataError(f"{meta_path}: {e}"[:200]) from None
     if not isinstance(meta, dict) or any(not isinstance(meta.get(k), str)
                                          for k in ("metric", "target", "id_col")):
         raise DataError(f"{meta_path}: must be an object with text keys metric, target, id_col")
@@ -279,7 +282,7 @@ def _load_one(folder: Path) -> TabularTask:
     if kind == "binary" and (len(labels) != 2 or canon(pos_label) not in labels):
         raise DataError(f"{meta_path}: a binary task needs 2 labels and pos_label among them; "
                         f"{target!r} has {labels[:5]}, pos_label {pos_label!r}")
-    return TabularTask(folder.name, desc.read_text().strip(), kind, metric, target, id_col,
+    return TabularTask(folder.name, _read_text(desc).strip(), kind, metric, target, id_col,
                        train, test, answers[[id_col, target]], pos_label)
 
 

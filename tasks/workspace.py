@@ -7,10 +7,17 @@ listing with sizes for the agents' prompts and the coach's file trail, and the s
 metric means of a batch of episodes, plain and "fair". Light on purpose: rollout.py imports it,
 and a math run should not pay for pandas or scikit-learn.
 """
+import os
+import stat
 import tempfile
+import time
 from pathlib import Path
 
 import sandbox
+
+MAX_ENTRIES = 200       # files listed per workspace (prompts, the coach's file trail)
+LIST_BUDGET_S = 0.5     # seconds one listing may take, however many files an action made
+MORE = "..."            # key of the count of entries a cut-short listing left out (no file has this name)
 
 
 def new_workspace(task) -> str:
@@ -28,19 +35,42 @@ def remove_workspaces(episodes) -> None:
             sandbox.remove_folder(ep.workdir)
 
 
-def workspace_files(folder: str | Path) -> dict[str, int]:
-    """{relative path: size in bytes} of the files in a workspace, sorted by path.
+def workspace_files(folder: str | Path, max_entries: int = MAX_ENTRIES, budget_s: float = LIST_BUDGET_S) -> dict[str, int]:
+    """{relative path: size in bytes} of the regular files in a workspace, sorted by path.
 
-    Hidden files and __pycache__ are left out: they are not the agents' artifacts."""
-    folder = Path(folder)
-    if not folder.is_dir():
+    Hidden files and __pycache__ are left out: they are not the agents' artifacts. Links are
+    neither followed nor listed. An action can make a million files: the walk stops after
+    max_entries directory entries or budget_s seconds, and the listing then ends with the key
+    MORE (its value: how many entries were left out, -1 when the walk was cut short unknown)."""
+    folder, files, seen = str(folder), {}, 0
+    if not os.path.isdir(folder):
         return {}
-    files = {}
-    for p in sorted(folder.rglob("*")):
-        rel = p.relative_to(folder)
-        if not any(s.startswith(".") or s == "__pycache__" for s in rel.parts) and p.is_file():
-            files[rel.as_posix()] = p.stat().st_size
-    return files
+    stop = time.monotonic() + budget_s
+    for root, dirs, names in os.walk(folder):  # followlinks=False: a linked folder is not entered
+        dirs[:] = sorted(d for d in dirs if not d.startswith(".") and d != "__pycache__")
+        for name in sorted(names):
+            if name.startswith("."):
+                continue
+            seen += 1
+            if len(files) >= max_entries or time.monotonic() > stop:
+                return {**dict(sorted(files.items())), MORE: _count_rest(folder, seen, stop)}
+            try:
+                st = os.lstat(os.path.join(root, name))
+            except OSError:
+                continue
+            if stat.S_ISREG(st.st_mode):
+                files[os.path.relpath(os.path.join(root, name), folder).replace(os.sep, "/")] = st.st_size
+    return dict(sorted(files.items()))
+
+
+def _count_rest(folder: str, seen: int, stop: float) -> int:
+    """How many entries a cut-short walk left out, if counting them fits the time left; else -1."""
+    total = 0
+    for _, _, names in os.walk(folder):
+        total += len(names)
+        if time.monotonic() > stop + 0.5:
+            return -1
+    return max(0, total - seen + 1)
 
 
 def format_size(size: int) -> str:
@@ -50,8 +80,11 @@ def format_size(size: int) -> str:
 
 
 def describe_files(files: dict[str, int]) -> str:
-    """A workspace listing for a prompt: "test.csv (8.2 KB), train.csv (40.1 KB)"; "(none)" if empty."""
-    return ", ".join(f"{name} ({format_size(size)})" for name, size in files.items()) or "(none)"
+    """A workspace listing for a prompt: "test.csv (8.2 KB), train.csv (40.1 KB)"; "(none)" if
+    empty; a cut-short listing ends with "... N more" (see workspace_files)."""
+    more = files.get(MORE)
+    text = ", ".join(f"{name} ({format_size(size)})" for name, size in files.items() if name != MORE) or "(none)"
+    return text if more is None else text + (f", ... {more} more" if more >= 0 else ", ... more (not counted)")
 
 
 # Names of the metric means in a summary, per group of episodes (see outcome_summary).

@@ -53,11 +53,19 @@ def test_missing_model_folder(tmp_path, capsys):
     (["--steps", "two"], "invalid int value"),
     (["--coach", "oracle"], "invalid choice"),
     (["--outcome-weight", "1.5"], "--outcome-weight"),
-    (["--micro-batch-size", "0"], "batch sizes"),
+    (["--micro-batch-size", "0"], "--micro-batch-size must be >= 1"),
     (["--load-in-4bit", "yes"], "unrecognized arguments"),
 ])
 def test_bad_values(tmp_path, capsys, argv, message):
     assert message in run_main(train.main, TINY + argv + ["--out-dir", str(tmp_path / "run")], capsys)
+
+
+def test_math_verify_grader_without_the_package_names_the_install(tmp_path, capsys, monkeypatch):
+    import importlib.util
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "math_verify" else find_spec(name, *a))
+    err = run_main(train.main, TINY + ["--grader", "math-verify", "--out-dir", str(tmp_path / "run")], capsys)
+    assert "pip install math-verify" in err and not (tmp_path / "run").exists()
 
 
 def test_resume_of_a_folder_that_is_not_a_run(tmp_path, capsys):

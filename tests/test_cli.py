@@ -1,15 +1,17 @@
 """The real command lines, as a user runs them: train the tiny preset, then evaluate the run."""
 import json
+import re
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
 from tests.conftest import ROOT
 
 
-def run(*args, timeout=300):
-    return subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True, text=True, timeout=timeout)
+def run(*args, timeout=300, cwd=ROOT):
+    return subprocess.run([sys.executable, *args], cwd=cwd, capture_output=True, text=True, timeout=timeout)
 
 
 @pytest.fixture(scope="module")
@@ -33,6 +35,34 @@ def test_tiny_training_run_writes_a_complete_run_folder(tiny_run):
     assert (out / "samples.jsonl").read_text().count("\n") == 2 * config["log_samples"]
 
 
+def readme_metric_rows() -> list[tuple[list[str], str]]:
+    """(keys, when logged) of each row of the README's metric table."""
+    section = (ROOT / "README.md").read_text().split("Metric keys in metrics.jsonl", 1)[1].split("\n## ", 1)[0]
+    rows = [line.split(" | ") for line in section.splitlines() if line.startswith("| `")]
+    return [(re.findall(r"`([^`]+)`", cells[0]), cells[1].strip()) for cells in rows]
+
+
+def test_the_readme_metric_table_is_exactly_what_a_run_logs(tiny_run):
+    """Every key of the table is in a tiny (math, process reward) run's metrics.jsonl, and every key
+    there is in the table; data/ and eval/ rows are prefixes (other runs), checked as such."""
+    from agents import MATH
+    out, _ = tiny_run
+    strict = lambda constant: pytest.fail(f"bare {constant} in metrics.jsonl")  # noqa: E731
+    lines = [json.loads(line, parse_constant=strict) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    emitted = set().union(*lines)
+    want, prefixes = set(), []
+    for keys, when in readme_metric_rows():
+        for key in keys:
+            if key.endswith("/<key>"):
+                prefixes.append(key[:-len("<key>")])
+                continue
+            agents = [a for a in MATH if a.uses_code] if when == "code agents" else MATH
+            want |= {key.replace("<a>", a.name) for a in agents} if "<a>" in key else {key}
+    assert prefixes == ["data/", "eval/"]
+    assert want - emitted == set(), "in the README's table but never logged"
+    assert {k for k in emitted - want if not k.startswith(tuple(prefixes))} == set(), "logged but not in the table"
+
+
 def test_saved_adapters_load_with_plain_peft(tiny_run):
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
@@ -46,9 +76,14 @@ def test_saved_adapters_load_with_plain_peft(tiny_run):
         assert lora_b and any(p.abs().sum() > 0 for p in lora_b), f"{agent}'s adapter was never trained"
 
 
-def test_eval_prints_a_table_and_writes_eval_json(tiny_run):
+def test_eval_prints_a_table_and_writes_eval_json(tiny_run, tmp_path):
     out, _ = tiny_run
-    proc = run("eval.py", str(out), "--k", "2", "--limit", "3")
+    # config.json keeps the name "tiny" (rebuilt or found in the cache at load); the adapters point
+    # at the built folder by its absolute path, so eval runs from any folder
+    assert json.loads((out / "config.json").read_text())["model"] == "tiny"
+    base = json.loads((out / "adapters" / "solver" / "adapter_config.json").read_text())["base_model_name_or_path"]
+    assert base.startswith("/") and (Path(base) / "config.json").is_file()
+    proc = run(str(ROOT / "eval.py"), str(out), "--k", "2", "--limit", "3", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "avg@2" in proc.stdout and "pass@2" in proc.stdout and "executor/tool_use" in proc.stdout
     result = json.loads((out / "eval.json").read_text())
@@ -60,7 +95,8 @@ def test_eval_prints_a_table_and_writes_eval_json(tiny_run):
     (["--bogus"], "unrecognized arguments: --bogus"),
     (["--lr", "abc"], "invalid float value"),
     (["--lr", "-1"], "--lr must be > 0"),
-    (["--temperature", "-0.5"], "--temperature must be >= 0"),
+    (["--temperature", "-0.5"], "--temperature must be > 0"),
+    (["--temperature", "0"], "--temperature must be > 0"),
     (["--task", "chess"], "invalid choice"),
 ])
 def test_bad_flags_fail_with_one_line_and_exit_code_2(args, message, tmp_path):

@@ -92,6 +92,22 @@ def test_only_the_main_process_writes_and_logs_the_global_batch(two_ranks):
     assert not torch.equal(state["rank_rng"][0]["torch"], state["rank_rng"][1]["torch"])
 
 
+def test_merged_update_stats_equal_one_process_on_the_global_batch(monkeypatch):
+    """KL and clip fraction are token means: ranks are weighted by tokens, not by actions (issue 17:
+    0.0392 merged by actions vs 0.0433 for one process on the same data)."""
+    kl_a, kl_b = [0.01] * 10 + [0.02] * 10, [0.1] * 2  # rank 0: 2 actions of 10 tokens; rank 1: 1 of 2
+    stats = [{"trained": 2, "tokens": 20, "loss": 0.3, "kl": sum(kl_a) / 20, "clip_frac": 0.1, "grad_norm": 1.0,
+              "skipped": 0, "no_signal": 0.0, "lr": 1e-3},
+             {"trained": 1, "tokens": 2, "loss": 0.1, "kl": sum(kl_b) / 2, "clip_frac": 0.5, "grad_norm": 1.0,
+              "skipped": 0, "no_signal": 0.0, "lr": 1e-3}]
+    monkeypatch.setattr(dist, "active", lambda: True)
+    monkeypatch.setattr(dist, "gather", lambda obj: stats)
+    merged = dist.merge_update_stats(stats[0])
+    assert merged["kl"] == pytest.approx(sum(kl_a + kl_b) / 22)  # one process: the mean over all 22 tokens
+    assert merged["clip_frac"] == pytest.approx((0.1 * 20 + 0.5 * 2) / 22)
+    assert merged["trained"] == 3 and merged["tokens"] == 22 and merged["loss"] == pytest.approx(0.4)
+
+
 def test_resume_needs_the_same_number_of_processes():
     with pytest.raises(UserError, match="saved by 2 process"):
         dist.resume_rank({"world_size": 2}, lambda state: None)

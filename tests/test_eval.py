@@ -2,6 +2,7 @@
 results table, the loaders (AIME-layout JSON, jsonl), the curves, the PNG and the episode renderer."""
 import itertools
 import json
+import random
 import sys
 
 import pytest
@@ -71,12 +72,48 @@ def test_summary_accuracy_judge_format_and_task_types():
     assert out["tasks"][0] == {"id": "a", "correct": [True, False], "answers": ["5", None]}
 
 
+def test_without_a_coach_the_summary_and_the_rollout_metrics_have_no_coach_keys():
+    """In-training eval (--eval-every) and --reward outcome run no coach: no action is 'unscored',
+    no coach/* NaN -- the keys are left out."""
+    from runlog import rollout_metrics
+    a = Problem("a", "A?", "5")
+    eps = [episode(a, True, [None, None, None]), episode(a, False, [None, None, None], boxed=False)]
+    s = evaluation.summarize(eps, MATH, k=2, coached=False)["summary"]
+    assert not [k for k in s if k.startswith("coach/") or k.endswith(("/unscored", "/score_mean"))], s
+    assert s["avg@2"] == 0.5 and s["solver/length"] > 0 and s["executor/tool_use"] == 1.0
+    m = rollout_metrics(eps, MATH, coached=False)
+    assert "solver/unscored" not in m and "solver/score_mean" not in m and m["solver/actions"] == 2
+    assert rollout_metrics(eps, MATH)["solver/unscored"] == 2  # with a coach, unscored is counted
+
+
+def test_metrics_jsonl_holds_null_never_bare_nan(tmp_path):
+    from runlog import RunLog
+    RunLog(tmp_path, MATH, n_samples=0, quiet=True).log(
+        {"step": 1, "solver/kl": float("nan"), "solver/loss": float("inf"), "solver/trained": 0, "x": 0.5}, [])
+    line = (tmp_path / "metrics.jsonl").read_text()
+    strict = lambda constant: pytest.fail(f"bare {constant} in metrics.jsonl")  # noqa: E731
+    assert json.loads(line, parse_constant=strict) == {"step": 1, "solver/kl": None, "solver/loss": None,
+                                                        "solver/trained": 0, "x": 0.5}
+    assert viewer.training_curves([json.loads(line)])["reward (0-1)"] == {}  # the viewer reads null as no point
+
+
 def test_judge_auc_counts_ties_half_and_is_nan_without_both_outcomes():
     t = Problem("t", "T?", "5")
     m = evaluation.judge_metrics([episode(t, True, [0, 0, 6]), episode(t, False, [0, 0, 6])], "verifier")
     assert m["coach/judge_auc"] == 0.5 and m["coach/judge_accuracy"] == 0.5
     m = evaluation.judge_metrics([episode(t, True, [0, 0, 6])], "verifier")
     assert m["coach/judge_auc"] != m["coach/judge_auc"]  # nan
+
+
+def test_judge_auc_agrees_with_the_naive_pairwise_count():
+    rng = random.Random(0)
+    eps = [episode(Problem(f"t{i}", "T?", "5"), rng.random() < 0.4, [0, 0, rng.randint(0, 10)]) for i in range(300)]
+    right = [ep.actions[-1].score for ep in eps if ep.correct]
+    wrong = [ep.actions[-1].score for ep in eps if not ep.correct]
+    naive = sum((r > w) + 0.5 * (r == w) for r in right for w in wrong) / (len(right) * len(wrong))
+    assert evaluation.judge_metrics(eps, "verifier")["coach/judge_auc"] == pytest.approx(naive, abs=1e-12)
+    hand = [episode(Problem("a", "A?", "5"), ok, [0, 0, s]) for ok, s in ((True, 9), (True, 4), (False, 4), (False, 1))]
+    assert evaluation.judge_metrics(hand, "verifier")["coach/judge_auc"] == 0.875  # (1 + 1 + 0.5 + 1) / 4
 
 
 def test_a_failed_episode_is_kept_counted_wrong_and_not_coached(monkeypatch):
@@ -182,6 +219,21 @@ def test_plot_writes_a_png_and_missing_matplotlib_is_one_clear_error(tmp_path, m
         viewer.plot_runs([run], tmp_path / "d.png")
 
 
+@pytest.mark.parametrize("n_steps", [1, 3])
+def test_a_short_run_plots_visible_markers_and_integer_step_ticks(tmp_path, n_steps):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "metrics.jsonl").write_text("".join(json.dumps(METRICS[0] | {"step": i + 1}) + "\n"
+                                               for i in range(n_steps)))
+    fig = viewer.draw_runs([run])
+    drawn = [ax for ax in fig.axes if ax.has_data()]
+    assert len(drawn) >= 5
+    for ax in drawn:
+        assert all(line.get_marker() == "o" for line in ax.get_lines())  # one point is still seen
+        ticks = [t for t in ax.get_xticks() if ax.get_xlim()[0] <= t <= ax.get_xlim()[1]]
+        assert ticks == list(range(1, n_steps + 1)), ticks
+
+
 # ----------------------------------------------------------------------------- one episode
 def saved_episodes():
     """Records as train.py saves them: two steps, the second with two episodes."""
@@ -253,7 +305,8 @@ def test_columns_put_the_base_first_and_check_every_run_before_loading(tmp_path)
 
 @pytest.mark.parametrize("argv, message", [
     (["/no/such/run"], "is not a run folder"),
-    (["RUN", "--k", "0"], "--k and --limit must be >= 1"),
+    (["RUN", "--k", "0"], "--k must be >= 1"),
+    (["RUN", "--threads", "-2"], "--threads must be >= 0"),
     (["RUN", "--bogus"], "unrecognized arguments: --bogus"),
     ([], "the following arguments are required: RUN"),
     (["show", "RUN", "--episode", "3"], "--episode 3 is out of range"),

@@ -5,18 +5,19 @@ import torch
 import agents
 from agents import MATH, acting_as, add_adapters, load_base, make_optimizers
 from config import PRESETS, Config
-from rollout import Action, generate, render
-from train import action_logprobs, update_agent
+from rollout import Action, generate, render, shared_prefix
+from train import action_logprobs, one_step_update, update_agent
 
 
 def make_actions(tokenizer, model, name, n=6, seed=0):
-    """Real sampled actions of agent `name` on short prompts, with rewards attached."""
+    """Real sampled actions of agent `name` on short prompts, with rewards and sampling log-probs."""
     torch.manual_seed(seed)
     prompts = [render(tokenizer, [{"role": "user", "content": "What is " + "1+" * (i + 1) + "1?"}]) for i in range(n)]
+    scores = []
     with acting_as(model, name):
-        outs = generate(model, tokenizer, prompts, 48, 1.0, n)
-    return [Action(name, 0, [], p, ids, tokenizer.decode(ids), truncated, reward=(i % 3) / 2)
-            for i, (p, (ids, truncated)) in enumerate(zip(prompts, outs))]
+        outs = generate(model, tokenizer, prompts, 48, 1.0, n, logprobs=scores)
+    return [Action(name, 0, [], p, ids, tokenizer.decode(ids), truncated, reward=(i % 3) / 2, logprobs=lp)
+            for i, (p, (ids, truncated), lp) in enumerate(zip(prompts, outs, scores))]
 
 
 def snapshot(model):
@@ -55,6 +56,26 @@ def test_unscored_and_truncated_actions_get_no_update(policy):
     stats = update_agent(model, "solver", actions, optimizers["solver"], tiny_cfg())
     assert stats["trained"] == 0
     assert all(torch.equal(before[n], p) for n, p in model.named_parameters())
+
+
+def test_a_batch_without_signal_takes_a_full_step_in_the_paper_form_and_only_the_kl_pull_guarded(policy):
+    """Equal rewards: the paper's form whitens -beta*KL up to unit-variance advantages (a full-size
+    step); the guarded form keeps -beta*KL unscaled (a step ~beta times smaller) and logs no_signal."""
+    tokenizer, model = policy
+    actions = make_actions(tokenizer, model, "solver")
+    for a in actions:
+        a.reward, a.truncated = 0.5, False
+    norms = {}
+    for form in ("paper", "guarded"):
+        optimizers, _ = make_optimizers(model, MATH, lr=1e-9)  # (almost) no move: both forms see the same policy
+        stats = update_agent(model, "solver", actions, optimizers["solver"], tiny_cfg(advantage=form, beta=0.01))
+        assert stats["no_signal"] == 1.0 and stats["trained"] == len(actions)
+        norms[form] = stats["grad_norm"]
+    assert norms["guarded"] < 0.05 * norms["paper"], norms
+    actions[0].reward = 1.0  # a real difference: signal in both forms
+    stats = update_agent(model, "solver", actions, make_optimizers(model, MATH, lr=1e-9)[0]["solver"],
+                         tiny_cfg(advantage="guarded"))
+    assert stats["no_signal"] == 0.0 and stats["grad_norm"] > norms["guarded"]
 
 
 @pytest.mark.parametrize("four_bit", [False, True])
@@ -157,6 +178,15 @@ def test_one_optimiser_per_adapter_owning_only_its_parameters(policy):
     assert all(owned[a.name] for a in MATH)
     assert not (owned["solver"] & owned["executor"]) and not (owned["executor"] & owned["verifier"])
     assert owned["solver"] == {id(p) for p in agents.adapter_parameters(model, "solver")}
+    optimizers, schedulers = make_optimizers(model, MATH, lr=1e-3, warmup_steps=1, betas=(0.9, 0.95),
+                                             schedule="cosine", total_steps={"solver": 3, "executor": 5, "verifier": 5})
+    assert optimizers["solver"].param_groups[0]["betas"] == (0.9, 0.95)
+    lrs = []
+    for _ in range(4):
+        lrs.append(optimizers["solver"].param_groups[0]["lr"])
+        optimizers["solver"].step()
+        schedulers["solver"].step()
+    assert lrs == pytest.approx([5e-4, 1e-3, 5.5e-4, 1e-4])  # warm-up, then cosine to 0.1 x lr at step 3
 
 
 def test_adapters_as_a_run_saves_them_load_back_per_agent(policy, tmp_path):
@@ -177,3 +207,88 @@ def test_adapters_as_a_run_saves_them_load_back_per_agent(policy, tmp_path):
         assert torch.equal(logits(loaded, None), logits(model, None))
     assert not torch.equal(per_agent["solver"], per_agent["verifier"])  # the adapters really differ
     assert not torch.equal(per_agent["solver"], logits(model, None))
+
+
+def test_pruned_batch_sampling_logprobs_equal_the_updates(policy):
+    """Rows leave the batch (and its KV cache) as they end; what is left samples exactly as before:
+    the log-probs recorded while sampling equal the update's recomputation in the exact context."""
+    tokenizer, model = policy
+    torch.manual_seed(3)
+    prompts = [render(tokenizer, [{"role": "user", "content": "y" * n}]) for n in (1, 5, 17, 40, 2, 9)]
+    scores = []
+    with acting_as(model, "solver"):
+        outs = generate(model, tokenizer, prompts, 40, 0.7, batch_size=6, logprobs=scores)
+        actions = [Action("solver", 0, [], p, ids, "", t) for p, (ids, t) in zip(prompts, outs)]
+        assert len({len(a.action_ids) for a in actions}) > 2, "no row ended early: nothing was pruned"
+        model.eval()
+        with torch.no_grad():
+            recomputed = action_logprobs(model, actions, 40, micro_batch=6, temperature=0.7)
+    for i, (a, lp) in enumerate(zip(actions, scores)):
+        assert len(lp) == len(a.action_ids)
+        assert torch.allclose(torch.tensor(lp), recomputed[i, :len(lp)], atol=1e-5), i
+
+
+def test_pruned_greedy_sampling_equals_transformers_generate(policy):
+    tokenizer, model = policy
+    prompts = [render(tokenizer, [{"role": "user", "content": "z" * n}]) for n in (3, 11, 25)]
+    stops = sorted({tokenizer.eos_token_id, *[model.generation_config.eos_token_id]} - {None})
+    with acting_as(model, "executor"):
+        ours = generate(model, tokenizer, prompts, 12, 0.0, batch_size=3)
+        for p, (ids, truncated) in zip(prompts, ours):
+            x = torch.tensor([p])
+            ref = model.generate(input_ids=x, attention_mask=torch.ones_like(x), max_new_tokens=12, do_sample=False,
+                                 eos_token_id=stops, pad_token_id=tokenizer.pad_token_id)[0, len(p):].tolist()
+            assert ids == ref[:len(ids)] and (truncated or ids[-1] in stops)
+
+
+def test_one_epoch_update_uses_its_own_pass_as_the_old_policy(policy):
+    """One epoch, one optimiser step: skipping the old-policy pass (own detached log-probs, KL from
+    the sampling log-probs) moves the adapter exactly as the update with the extra pass does."""
+    tokenizer, model = policy
+    actions = [a for a in make_actions(tokenizer, model, "solver") if not a.truncated]
+    cfg = tiny_cfg(minibatch_size=8, micro_batch_size=2, ppo_epochs=1, beta=0.5)
+    assert actions and one_step_update(actions, cfg)
+    assert not one_step_update(actions, tiny_cfg(ppo_epochs=2)) and not one_step_update(actions, tiny_cfg(minibatch_size=1))
+    start = snapshot(model)
+    results = []
+    for logged in (True, False):  # False: no sampling log-probs -> the extra old-policy pass
+        with torch.no_grad():
+            for n, p in model.named_parameters():
+                p.copy_(start[n])
+        sgd = torch.optim.SGD(agents.adapter_parameters(model, "solver"), lr=1e-2)  # Adam would amplify 1e-9 grads
+        runs = [Action(**{**vars(a), "logprobs": a.logprobs if logged else None}) for a in actions]
+        assert one_step_update(runs, cfg) == logged
+        torch.manual_seed(0)
+        stats = update_agent(model, "solver", runs, sgd, cfg)
+        results.append((snapshot(model), stats))
+    (fast, s1), (slow, s2) = results
+    moved = [n for n in start if not torch.equal(start[n], slow[n])]
+    assert moved and all(torch.allclose(fast[n], slow[n], atol=1e-6) for n in start)
+    assert abs(s1["kl"] - s2["kl"]) < 1e-5 and abs(s1["loss"] - s2["loss"]) < 1e-5 and s2["clip_frac"] == 0
+
+
+def test_shared_prefix_logprobs_and_gradients_equal_the_plain_pass(policy):
+    """The update's passes compute the rows' shared head once (gradients flow into it once): the
+    same log-probs and the same LoRA gradients as whole left-padded rows."""
+    tokenizer, model = policy
+    prompts = [render(tokenizer, [{"role": "system", "content": MATH[1].role},
+                                  {"role": "user", "content": "What is " + "2*" * i + "3?"}]) for i in range(5)]
+    torch.manual_seed(1)
+    with acting_as(model, "executor"):
+        outs = generate(model, tokenizer, prompts, 24, 1.0, 5)
+    actions = [Action("executor", 0, [], p, ids, "", t) for p, (ids, t) in zip(prompts, outs)]
+    T = max(len(a.action_ids) for a in actions)
+    assert shared_prefix([a.prompt_ids + a.action_ids for a in actions], keep=T + 1) > 3  # the shared path runs
+    params = agents.adapter_parameters(model, "executor")
+    got = []
+    model.train()
+    with acting_as(model, "executor"):
+        for share in (True, False):
+            model.zero_grad()
+            logp = action_logprobs(model, actions, T, micro_batch=5, temperature=0.7, share_prefix=share)
+            (logp * torch.linspace(-1, 1, T)).sum().backward()
+            got.append((logp.detach(), [p.grad.clone() for p in params]))
+    model.eval()
+    (lp1, g1), (lp2, g2) = got
+    assert torch.allclose(lp1, lp2, atol=1e-5) and lp1.abs().sum() > 0
+    assert all(torch.allclose(a, b, atol=1e-5) for a, b in zip(g1, g2)) and any(a.abs().sum() > 0 for a in g1)

@@ -182,10 +182,16 @@ def test_existing_run_is_refused_without_resume_or_overwrite(tmp_path, capsys):
     assert (run_dir / "my-notes.txt").read_text() == "keep me"
 
 
-def test_resume_extends_a_finished_run_and_refuses_changed_settings(tmp_path, capsys):
+def test_resume_extends_a_finished_run_and_refuses_changed_settings(tmp_path, capsys, monkeypatch):
     run_dir = tmp_path / "run"
     train.main(["--preset", "tiny", "--steps", "1", "--problems-per-step", "1", "--samples-per-problem", "1",
                 "--out-dir", str(run_dir)])
+    assert "\r" not in capsys.readouterr().err  # not a terminal: no progress line
+    with monkeypatch.context() as m:  # a finished run: says so and how to extend it; loads nothing
+        m.setattr(train, "load_base", lambda *a, **k: pytest.fail("a finished run loaded the model"))
+        train.main(["--resume", str(run_dir)])
+    out = capsys.readouterr().out
+    assert "finished" in out and f"--resume {run_dir} --steps 2" in out and steps(run_dir) == [1]
     with pytest.raises(SystemExit) as e:
         train.main(["--resume", str(run_dir), "--lr", "0.5"])
     assert e.value.code == 2 and "--lr" in capsys.readouterr().err

@@ -9,11 +9,18 @@ from rollout import Action, Episode, render
 from tasks.problems import Problem
 
 
+# The rule (README, "The coach's score line"): the FIRST score line with a number decides, as the
+# paper's code does; a score outside 0..10 is unscored (None), never clamped.
 @pytest.mark.parametrize("text, want", [
-    ("Good work.\nPROCESS_SCORE: 7", 7.0), ("PROCESS_SCORE: 7.5", 7.5), ("process_score: 11", 10.0),
-    ("PROCESS_SCORE: -3", 0.0), ("PROCESS_SCORE: 2 ... on reflection PROCESS_SCORE: 9", 9.0),
-    ("PROCESS_SCORE: **8**", 8.0), ("PROCESS_SCORE=4", 4.0), ("no score here", None), ("", None),
-    ("PROCESS_SCORE: high", None),
+    ("Good work.\nPROCESS_SCORE: 7", 7.0), ("PROCESS_SCORE: 7.5", 7.5), ("PROCESS_SCORE=4", 4.0),
+    ("**PROCESS_SCORE**: 8", 8.0), ("PROCESS_SCORE: **8**", 8.0), ("Process Score: 7", 7.0),
+    ("PROCESS_SCORE: [7]", 7.0), ("process_score: (6)", 6.0), ("PROCESS_SCORE: 7/10", 7.0),
+    ("PROCESS_SCORE: 0", 0.0), ("PROCESS_SCORE: 10", 10.0),
+    ("PROCESS_SCORE: 2 ... on reflection PROCESS_SCORE: 9", 2.0),  # the first line wins
+    ("Format: PROCESS_SCORE: <integer from 0 to 10>\nPROCESS_SCORE: 6", 6.0),  # a line without a number is no score line
+    ("PROCESS_SCORE: -3", None), ("PROCESS_SCORE: \u22122", None), ("process_score: 11", None),
+    ("PROCESS_SCORE: -1 then PROCESS_SCORE: 5", None),  # the first line decides, even out of range
+    ("no score here", None), ("", None), ("PROCESS_SCORE: high", None), (None, None),
 ])
 def test_parse_score(text, want):
     assert parse_score(text) == want
@@ -75,6 +82,26 @@ def test_logit_coach_equals_brute_force_sequence_probabilities(policy):
         expected = sum(s * p for s, p in enumerate(P)) / sum(P)
         assert score == pytest.approx(expected, abs=1e-4)
         assert 0 <= score <= 10
+
+
+def test_logit_coach_with_the_shared_prefix_cache_equals_the_plain_pass(policy):
+    """The shared head run once (and per agent batch) + padded rests == whole prompts, left-padded."""
+    tokenizer, model = policy
+    long_task = "A farmer has 17 sheep and buys 5 more each week. How many sheep after 3 weeks?"
+    eps = [episode_with_actions(tokenizer) for _ in range(3)]
+    eps[1].text, eps[1].task = long_task, Problem("p2", long_task, "32")
+    eps[2].actions[0].text += " and more words " * 7  # rows of one agent batch differ in length
+    for ep in eps:
+        for a in ep.actions:
+            a.messages[1]["content"] += "\n" + ep.text
+    items = [(ep, a) for ep in eps for a in ep.actions]
+    coach = LLMCoach(model, tokenizer, MATH, mode="logit", batch_size=2)
+    cached = coach.score(items)
+    coach.prefix_cache = False
+    plain = coach.score(items)
+    assert cached == pytest.approx(plain, abs=1e-5) and len(set(plain)) > 3
+    text = coach.prompt(eps[1], eps[1].actions[0])[1]["content"]
+    assert text.count(long_task) == 1 and "(the task, as above)" in text  # shown once, whole
 
 
 def test_generate_coach_retries_once_then_leaves_the_action_unscored(policy):

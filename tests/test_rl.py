@@ -142,3 +142,93 @@ def test_vectorised_functions_match_their_naive_loops(seed):
     r = rl.token_rewards(rewards, kl, mask, beta=0.05)
     assert torch.allclose(r, naive_token_rewards(rewards, kl, mask, 0.05), atol=1e-6)
     assert torch.allclose(rl.returns_to_go(r, mask), naive_returns(r, mask), atol=1e-5)
+
+
+def test_clip_frac_counts_only_the_clips_the_objective_applies():
+    # ratio 1.5, A > 0: clipped (gradient 0). ratio 0.5, A > 0: outside the range but the unclipped
+    # term is the smaller one -- no clip. ratio 1.5, A < 0: same. ratio 0.5, A < 0: clipped.
+    ratio = torch.tensor([[1.5, 0.5, 1.5, 0.5, 1.1]])
+    adv = torch.tensor([[1.0, 1.0, -1.0, -1.0, 1.0]])
+    logp = ratio.log().requires_grad_(True)
+    loss, clip_frac = rl.clipped_policy_loss(logp, torch.zeros(1, 5), adv, torch.ones(1, 5), clip_eps=0.2)
+    assert clip_frac.item() == pytest.approx(2 / 5)
+    loss.backward()
+    assert (logp.grad[0] == 0).tolist() == [True, False, False, True, False]  # the clipped ones carry no gradient
+
+
+def naive_guarded(rewards, kl, mask, beta, min_std, eps=1e-8):
+    B, T = kl.shape
+    values = [rewards[b].item() for b in range(B) for t in range(T) if mask[b, t]]
+    mean = sum(values) / len(values)
+    std = math.sqrt(sum((v - mean) ** 2 for v in values) / len(values))
+    A = torch.zeros(B, T)
+    for b in range(B):
+        running = 0.0
+        for t in reversed(range(T)):
+            if mask[b, t]:
+                running += -beta * kl[b, t].item()
+                scaled = 0.0 if std < min_std else (rewards[b].item() - mean) / (std + eps)
+                A[b, t] = scaled + running
+    return A
+
+
+def test_guarded_advantages_hand_computed():
+    # rewards 1.0 (3 tokens) and 0.5 (2 tokens): token mean 0.8, population std sqrt(0.06)
+    got = rl.guarded_advantages(REWARDS, KL, MASK, beta=0.1, min_std=0.01)
+    std = math.sqrt(0.06)
+    hi, lo = (1.0 - 0.8) / std, (0.5 - 0.8) / std
+    want = torch.tensor([[hi - 0.06, hi - 0.05, hi - 0.03], [lo - 0.02, lo + 0.02, 0.0]])  # + returns of -0.1 * KL
+    assert torch.allclose(got, want, atol=1e-6)
+    assert torch.allclose(got, naive_guarded(REWARDS, KL, MASK, 0.1, 0.01), atol=1e-6)
+
+
+def test_guarded_advantages_of_a_batch_without_signal_keep_only_the_kl_pull():
+    tied = torch.tensor([0.46705, 0.46735])  # a logit coach's 4th-decimal noise
+    got = rl.guarded_advantages(tied, KL, MASK, beta=0.1, min_std=0.01)
+    want = torch.tensor([[-0.06, -0.05, -0.03], [-0.02, 0.02, 0.0]])
+    assert torch.allclose(got, want, atol=1e-6)
+    assert torch.allclose(got, naive_guarded(tied, KL, MASK, 0.1, 0.01), atol=1e-6)
+    # the paper's form blows the same batch up to unit-variance advantages
+    paper = rl.normalize_advantages(rl.returns_to_go(rl.token_rewards(tied, KL, MASK, 0.1), MASK), MASK)
+    assert paper[MASK.bool()].std(unbiased=False).item() == pytest.approx(1.0, abs=1e-4)
+    assert rl.no_signal(rl.masked_moments(rl.reward_returns(tied, MASK), MASK), 0.01)
+    assert not rl.no_signal(rl.masked_moments(rl.reward_returns(REWARDS, MASK), MASK), 0.01)
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_guarded_advantages_match_their_naive_loop_with_global_moments(seed):
+    torch.manual_seed(seed)
+    lengths = torch.tensor([3, 7, 1, 5])
+    mask = (torch.arange(7)[None] < lengths[:, None]).float()
+    rewards, kl = torch.rand(4), torch.randn(4, 7)
+    assert torch.allclose(rl.reward_returns(rewards, mask),
+                          rl.returns_to_go(rl.token_rewards(rewards, kl, mask, 0.0), mask), atol=1e-6)
+    whole = rl.guarded_advantages(rewards, kl, mask, 0.05)
+    assert torch.allclose(whole, naive_guarded(rewards, kl, mask, 0.05, 0.01), atol=1e-5)
+    moments = rl.masked_moments(rl.reward_returns(rewards, mask), mask)  # what ranks all-reduce
+    part = rl.guarded_advantages(rewards[:2], kl[:2], mask[:2], 0.05, moments)
+    assert torch.allclose(part, whole[:2], atol=1e-6)
+
+
+def test_loss_weights_token_and_sequence_means_hand_computed():
+    # MASK: an action of 3 tokens and one of 2
+    tok = rl.loss_weights(MASK, "token", n_tokens=5, n_actions=2)
+    assert torch.allclose(tok, MASK / 5)
+    seq = rl.loss_weights(MASK, "sequence", n_tokens=5, n_actions=2)
+    assert torch.allclose(seq, torch.tensor([[1 / 6, 1 / 6, 1 / 6], [1 / 4, 1 / 4, 0.0]]))
+    # per-token losses 1: token mean 1, sequence mean 1; a long action weighs more only in token mode
+    per_token = torch.tensor([[1.0, 1.0, 1.0], [0.0, 0.0, 0.0]])
+    assert (per_token * tok).sum().item() == pytest.approx(3 / 5)
+    assert (per_token * seq).sum().item() == pytest.approx(1 / 2)
+    # micro-batches of one action each add up to the whole minibatch
+    parts = torch.cat([rl.loss_weights(MASK[i:i + 1], "sequence", 5, 2) for i in range(2)])
+    assert torch.allclose(parts, seq)
+
+
+def test_lr_factor_warmup_then_constant_or_cosine_to_a_tenth():
+    assert [rl.lr_factor(s, 3, 10) for s in (0, 1, 2, 3, 9)] == [0.25, 0.5, 0.75, 1.0, 1.0]
+    assert rl.lr_factor(2, 3, 13, "cosine") == 0.75
+    assert rl.lr_factor(3, 3, 13, "cosine") == pytest.approx(1.0)
+    assert rl.lr_factor(8, 3, 13, "cosine") == pytest.approx(0.55)  # half way: 0.1 + 0.9 * 0.5
+    assert rl.lr_factor(13, 3, 13, "cosine") == pytest.approx(0.1)
+    assert rl.lr_factor(50, 3, 13, "cosine") == pytest.approx(0.1)

@@ -21,7 +21,7 @@ def scripted(policy, monkeypatch):
     tokenizer, model = policy
     calls = []
 
-    def fake_generate(model_, tokenizer_, prompts, max_new_tokens, temperature, batch_size):
+    def fake_generate(model_, tokenizer_, prompts, max_new_tokens, temperature, batch_size, logprobs=None):
         agent = model_.active_adapter
         turn = sum(1 for a, _ in calls if a == agent)
         calls.append((agent, prompts))
@@ -92,3 +92,63 @@ def test_templates_without_tool_or_system_roles_fold_them_into_user_turns(policy
                                              {"role": "assistant", "content": "A"}, {"role": "tool", "content": "OUT"}])
     text = tokenizer.decode(ids)
     assert "ROLE\n\nQ" in text and "Tool output:\nOUT" in text
+
+
+def test_max_new_tokens_flag_wins_over_the_agents_default(policy, monkeypatch):
+    """The paper used 4096 new tokens; an agent's own cap (None by default) must not cut it to 1024."""
+    import dataclasses
+    tokenizer, model = policy
+    budgets = {}
+
+    def fake_generate(model_, tokenizer_, prompts, max_new_tokens, temperature, batch_size, logprobs=None):
+        budgets[model_.active_adapter] = max_new_tokens
+        return [([tokenizer.eos_token_id], False)] * len(prompts)
+
+    monkeypatch.setattr(rollout, "generate", fake_generate)
+    capped = (MATH[0], dataclasses.replace(MATH[1], max_new_tokens=100), MATH[2])  # an explicit per-agent cap
+    episodes = [Episode(Problem("p", "What is 2 + 3?", "5"), "What is 2 + 3?")]
+    rollout.rollout(model, tokenizer, capped, episodes, temperature=1.0, max_new_tokens=3000, batch_size=8,
+                    limits=sandbox.Limits(timeout_s=5))
+    assert budgets == {"solver": 3000, "executor": 100, "verifier": 3000}
+    assert all(a.max_new_tokens is None for a in MATH)
+
+
+def test_sampling_ignores_the_models_generation_config(policy):
+    """A model whose generation_config sets min_p, no_repeat_ngram_size, top_k, a repetition penalty
+    and a forced EOS must still sample from softmax(logits / T): the samples equal a clean model's,
+    and the log-probs recorded while sampling equal the update's (train.action_logprobs)."""
+    import torch
+    from transformers import GenerationConfig
+
+    from agents import acting_as
+    from train import action_logprobs
+    tokenizer, model = policy
+    inner = model.get_base_model()
+    prompts = [render(tokenizer, [{"role": "user", "content": "x" * n}]) for n in (3, 11)]
+    with acting_as(model, "solver"):
+        torch.manual_seed(0)
+        clean = rollout.generate(model, tokenizer, prompts, 16, 0.7, 2)
+        inner.generation_config = GenerationConfig(
+            min_p=0.3, no_repeat_ngram_size=1, top_k=2, repetition_penalty=1.5, do_sample=True,
+            forced_eos_token_id=tokenizer.eos_token_id, max_length=60,
+            eos_token_id=inner.generation_config.eos_token_id, pad_token_id=tokenizer.pad_token_id)
+        torch.manual_seed(0)
+        recorded: list = []
+        assert rollout.generate(model, tokenizer, prompts, 16, 0.7, 2, logprobs=recorded) == clean
+        actions = [rollout.Action("solver", 0, [], p, ids, "", t) for p, (ids, t) in zip(prompts, clean)]
+        T = max(len(a.action_ids) for a in actions)
+        model.eval()
+        with torch.no_grad():
+            update = action_logprobs(model, actions, T, 2, 0.7)
+    for i, lps in enumerate(recorded):
+        assert torch.allclose(update[i, :len(lps)], torch.tensor(lps), atol=1e-4)
+
+
+def test_the_sample_log_leaves_out_token_level_fields():
+    """Actions now carry their sampling log-probs; the JSONL sample log keeps only the readable parts."""
+    from runlog import episode_record
+    ep = Episode(Problem("p", "q", "5"), "q")
+    ep.actions.append(rollout.Action("solver", 0, [], [1, 2], [3, 4], "x", False, logprobs=[-0.5, -0.1]))
+    action = episode_record(ep, 1)["actions"][0]
+    assert action["tokens"] == 2 and action["text"] == "x"
+    assert not {"prompt_ids", "action_ids", "logprobs"} & set(action)

@@ -213,7 +213,7 @@ def test_wrong_top_level_and_duplicate_ids_and_file_type(tmp_path):
     assert "list" in _error(_write(tmp_path / "obj.json", '{"items": []}'))
     dup = [{"id": "a", "problem": "x", "answer": 1}, {"id": "a", "problem": "y", "answer": 2}]
     assert "duplicate id 'a'" in _error(_write(tmp_path / "dup.json", json.dumps(dup)))
-    assert ".jsonl" in _error(_write(tmp_path / "p.csv", "problem,answer\nx,1\n"))
+    assert ".jsonl" in _error(_write(tmp_path / "p.txt", "problem,answer\nx,1\n"))
 
 
 def test_unknown_source_fails_fast_and_clearly(monkeypatch):

@@ -63,7 +63,8 @@ PROCESS_SCORE: 7 The action is correct and clearly explained. The answer is \\bo
 
 
 def cache_root() -> Path:
-    return Path(os.environ.get("MAPPA_CACHE", Path.home() / ".cache" / "mappa"))
+    # absolute: a run's adapter_config.json records the model folder, and must work from any folder
+    return Path(os.environ.get("MAPPA_CACHE", Path.home() / ".cache" / "mappa")).expanduser().absolute()
 
 
 def build_tokenizer(vocab_size: int = 1024):
