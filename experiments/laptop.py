@@ -77,7 +77,9 @@ def spread(xs: list[float]) -> str:
 def summarize(runs, args) -> dict:
     base = json.loads((runs[0][2] / "eval-base.json").read_text())["summary"]
     key = f"avg@{args.k}"
-    out = {"base": {"accuracy": base[key], "judge_auc": base.get("coach/judge_auc")}, "arms": {}}
+    out = {"base": {"accuracy": base[key], "judge_auc": base.get("coach/judge_auc"),
+                    "score_when_right": base.get("coach/score_correct"),
+                    "score_when_wrong": base.get("coach/score_wrong")}, "arms": {}}
     for arm in args.arms:
         mine = [r for r in runs if r[0] == arm]
         evals = [json.loads((d / "eval.json").read_text())["summary"] for _, _, d in mine]
@@ -86,6 +88,8 @@ def summarize(runs, args) -> dict:
         out["arms"][arm] = {
             "accuracy": [e[key] for e in evals], "gain": [e[key] - base[key] for e in evals],
             "judge_auc": [e.get("coach/judge_auc") for e in evals],
+            "score_when_right": [e.get("coach/score_correct") for e in evals],
+            "score_when_wrong": [e.get("coach/score_wrong") for e in evals],
             "rollouts_to_target": [rollouts_to(r, args.target, per_step) for r in rows],
             "train_accuracy_first5": [statistics.fmean(x["episode/accuracy"] for x in r[:5]) for r in rows],
             "train_accuracy_last5": [statistics.fmean(x["episode/accuracy"] for x in r[-5:]) for r in rows],
@@ -95,14 +99,16 @@ def summarize(runs, args) -> dict:
 
 def table(result: dict, args) -> str:
     lines = [f"Held-out accuracy (avg@{args.k}, T 0.6, {args.problems} builtin-easy eval problems), "
-             f"{args.seeds} seed(s), {args.steps} steps each.", "",
-             "| team | accuracy | gain over untrained | coach judge AUC | rollouts to train acc "
-             f"{args.target} | train acc first/last 5 steps |", "|---|---|---|---|---|---|",
-             f"| untrained pipeline | {result['base']['accuracy']:.3f} | | {result['base']['judge_auc'] or float('nan'):.3f} | | |"]
+             "seeds per arm: " + ", ".join(f"{a} {n}" for a, n in args.seeds.items()) + f"; {args.steps} steps each.", "",
+             "| team | accuracy | gain over untrained | coach judge AUC | coach's final score when right / wrong "
+             f"| rollouts to train acc {args.target} | train acc first/last 5 steps |", "|---|---|---|---|---|---|---|",
+             f"| untrained pipeline | {result['base']['accuracy']:.3f} | | {spread([result['base']['judge_auc']])} | "
+             f"{spread([result['base']['score_when_right']])} / {spread([result['base']['score_when_wrong']])} | | |"]
     for arm, r in result["arms"].items():
         reach = [x for x in r["rollouts_to_target"] if x is not None]
         lines.append(f"| MAPPA, {arm} reward | {spread(r['accuracy'])} | {spread(r['gain'])} | "
-                     f"{spread(r['judge_auc'])} | {len(reach)}/{len(r['rollouts_to_target'])} reached"
+                     f"{spread(r['judge_auc'])} | {spread(r['score_when_right'])} / {spread(r['score_when_wrong'])} | "
+                     f"{len(reach)}/{len(r['rollouts_to_target'])} reached"
                      f"{', median ' + str(int(statistics.median(reach))) if reach else ''} | "
                      f"{spread(r['train_accuracy_first5'])} -> {spread(r['train_accuracy_last5'])} |")
     return "\n".join(lines) + "\n"
@@ -134,20 +140,28 @@ def plot(runs, out: Path) -> None:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m experiments.laptop", description=__doc__.split("\n")[0])
     p.add_argument("--arms", default="process", help="comma-separated rewards: process, outcome, mixed")
-    p.add_argument("--seeds", type=int, default=3, help="seeds per arm (0, 1, ...)")
+    p.add_argument("--seeds", default="3", help="seeds per arm (0, 1, ...): one number, or one per arm (e.g. 3,2,1)")
     p.add_argument("--steps", type=int, default=60, help="training steps per run (the preset's default)")
     p.add_argument("--problems", type=int, default=100, help="held-out problems for the evaluation")
     p.add_argument("--k", type=int, default=4, help="samples per held-out problem")
-    p.add_argument("--target", type=float, default=0.6, help="training accuracy for 'rollouts to target'")
+    p.add_argument("--target", type=float, default=0.3, help="training accuracy for 'rollouts to target'")
     p.add_argument("--jobs", type=int, default=2, help="runs at once (one thread each)")
     p.add_argument("--out", default="results/laptop", help="results folder")
     p.add_argument("train_args", nargs="*", help="extra train.py flags after --, e.g. -- --lr 1e-3")
     args = p.parse_args(argv)
     args.arms = [a for a in args.arms.split(",") if a]
-    if not set(args.arms) <= {"process", "outcome", "mixed"} or min(args.seeds, args.steps, args.problems, args.k, args.jobs) < 1:
-        p.error("--arms takes process, outcome, mixed; --seeds, --steps, --problems, --k, --jobs must be >= 1")
+    try:
+        seeds = [int(x) for x in args.seeds.split(",")]
+    except ValueError:
+        p.error("--seeds takes a number or a comma-separated list of numbers")
+    seeds = seeds * len(args.arms) if len(seeds) == 1 else seeds
+    if not set(args.arms) <= {"process", "outcome", "mixed"} or len(seeds) != len(args.arms) or \
+            min(seeds + [args.steps, args.problems, args.k, args.jobs]) < 1:
+        p.error("--arms takes process, outcome, mixed; --seeds one number or one per arm; "
+                "--seeds, --steps, --problems, --k, --jobs must be >= 1")
+    args.seeds = dict(zip(args.arms, seeds))
     out = ROOT / args.out
-    runs = [(arm, s, out / "runs" / f"{arm}-s{s}") for arm in args.arms for s in range(args.seeds)]
+    runs = [(arm, s, out / "runs" / f"{arm}-s{s}") for arm in args.arms for s in range(args.seeds[arm])]
     train_all(runs, args)
     print("[laptop] evaluating the untrained pipeline and every trained team", file=sys.stderr, flush=True)
     cmd = [sys.executable, "eval.py", *[str(d) for _, _, d in runs], "--base", "--limit", str(args.problems),

@@ -25,7 +25,7 @@ RECIPE = dict(  # bump "version" when anything here or in transcripts.py changes
     version=4, seed=0, vocab_size=2560, hidden_size=192, intermediate_size=512, num_hidden_layers=4,
     num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024,
     lr=2e-3, warmup=50, min_lr_ratio=0.1, betas=(0.9, 0.95), weight_decay=0.1,
-    episodes_per_step=3, coach_per_episode=2.0, copy_per_step=8, phases=(600, 600), micro_tokens=4096,
+    episodes_per_step=3, coach_per_episode=2.0, copy_per_step=8, phases=(600, 600, 600), phase_overrides=({}, {}, {}), micro_tokens=4096,
     tokenizer_episodes=300)
 
 
@@ -110,13 +110,13 @@ def build_tokenizer(problems, vocab_size: int, seed: int, episodes: int = 300):
 
 
 def pretrain(out: Path, phases: tuple[int, ...] | None = None, log=print, snapshots: Path | None = None,
-             snapshot_every: int = 150, start_from: Path | None = None, **overrides) -> dict:
+             snapshot_every: int = 150, start_from: Path | None = None, start_phase: int = 1, **overrides) -> dict:
     """Build the laptop model into `out`; returns the build's stats (also saved as build.json).
 
     The build runs RECIPE["phases"]: each phase is a fresh AdamW with warm-up and a cosine decay to
     0.1 x lr (a warm restart) on a fresh, seeded draw of the corpus, so phase k depends only on the
-    weights phase k-1 left. `start_from` (a folder saved after phase 1) continues there, exactly as
-    an uninterrupted build would. `overrides` replace RECIPE fields (tests build a smaller one)."""
+    weights phase k-1 left. `start_from` (a folder saved after `start_phase` phases) continues
+    there, exactly as an uninterrupted build would. `overrides` replace RECIPE fields (tests build a smaller one)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer, Qwen2Config
 
     from tasks.problems import load_problems
@@ -125,6 +125,7 @@ def pretrain(out: Path, phases: tuple[int, ...] | None = None, log=print, snapsh
     phases = tuple(phases or r["phases"])
     torch.manual_seed(r["seed"])
     problems = load_problems("builtin-easy", "train")
+    start_phase = start_phase if start_from is not None else 0
     if start_from is not None:
         tokenizer = AutoTokenizer.from_pretrained(start_from)
         model = AutoModelForCausalLM.from_pretrained(start_from, dtype=torch.float32)
@@ -139,9 +140,10 @@ def pretrain(out: Path, phases: tuple[int, ...] | None = None, log=print, snapsh
         model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     t0, tokens, loss = time.time(), 0, float("nan")
     for k, steps in enumerate(phases):
-        if k == 0 and start_from is not None:
+        if k < start_phase:
             continue
-        n, loss = train_phase(model, tokenizer, problems, r, steps, random.Random(r["seed"] + 1 + 1000 * k),
+        mix = r | dict(r["phase_overrides"][k] if k < len(r["phase_overrides"]) else {})
+        n, loss = train_phase(model, tokenizer, problems, mix, steps, random.Random(r["seed"] + 1 + 1000 * k),
                               lambda m, k=k: log(f"phase {k + 1}/{len(phases)}  {m}  {(time.time() - t0) / 60:.1f} min"),
                               None if snapshots is None else snapshots / f"phase{k + 1}", snapshot_every)
         tokens += n
@@ -153,7 +155,7 @@ def pretrain(out: Path, phases: tuple[int, ...] | None = None, log=print, snapsh
     stats = dict(recipe=r | {"phases": phases}, parameters=sum(p.numel() for p in model.parameters()),
                  tokens_seen=tokens, minutes=round((time.time() - t0) / 60, 2), final_loss=round(loss, 4),
                  torch=torch.__version__, threads=torch.get_num_threads(),
-                 started_from=None if start_from is None else "phase 1 of the same recipe")
+                 started_from=None if start_from is None else f"the first {start_phase} phase(s) of the same recipe")
     (out / "build.json").write_text(json.dumps(stats, indent=1) + "\n")
     return stats
 
