@@ -69,8 +69,13 @@ def holds_run(run_dir: Path) -> bool:
 
 
 def finished_message(run_dir: Path, ckpt: Path | None, steps: int) -> str | None:
-    """What to tell a user who resumes a run whose last checkpoint is already at --steps; else None."""
+    """What to tell a user who resumes a run whose last checkpoint is already at --steps; else None
+    (also when that checkpoint's state does not read: load_newest then falls back or says why)."""
     if ckpt is None or int(STEP_DIR.match(ckpt.name).group(1)) < steps:
+        return None
+    try:
+        read_state(ckpt)
+    except Exception:  # noqa: BLE001 -- damaged: not "finished", the resume path reports it
         return None
     done = int(STEP_DIR.match(ckpt.name).group(1))
     return (f"{run_dir} is finished: its last checkpoint is step {done} (--steps {steps}); to train further, "

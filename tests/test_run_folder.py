@@ -260,6 +260,6 @@ def test_a_second_resume_of_a_run_in_use_is_refused(three_checkpoints, tmp_path,
     write_lock(run_dir, os.getpid())  # a live writer: this very process
     before = (run_dir / "metrics.jsonl").read_text()
     monkeypatch.setattr(train, "load_base", lambda *a, **k: pytest.fail("loaded the model"))
-    err = run_main(train.main, ["--resume", str(run_dir), "--steps", "3"], capsys)
+    err = run_main(train.main, ["--resume", str(run_dir), "--steps", "4"], capsys)
     assert f"in use by process {os.getpid()}" in err
     assert (run_dir / "metrics.jsonl").read_text() == before and (run_dir / "lock").exists()
