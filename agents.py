@@ -122,7 +122,9 @@ def resolve_model(name: str) -> str:
     Hub names and folders pass through."""
     import tiny
     if name == "laptop":
-        return str(tiny.laptop_model())
+        if not (tiny.LAPTOP_DIR / "model.safetensors").exists():
+            raise ModelLoadError(f"the laptop model is not in {tiny.LAPTOP_DIR}; build it with: python -m tiny pretrain")
+        return str(tiny.LAPTOP_DIR)
     return str(tiny.ensure_tiny_model(name)) if name in tiny.SIZES else name
 
 

@@ -121,11 +121,12 @@ PRESETS = {
                  gen_batch_size=16, coach="logit", coach_batch_size=16, lr=1e-3, lora_r=8, lora_alpha=16,
                  minibatch_size=8, micro_batch_size=8, gradient_checkpointing=False, code_timeout=5.0,
                  eval_problems=8, save_every=10),
-    # The laptop team (tiny/pretrain.py): a 1.8M-parameter model that has read the team's
-    # transcripts and the coach's verdicts, on the easy (1-2 step) built-in problems.
+    # The laptop team (tiny/pretrain.py, docs/laptop.md): a 2M-parameter model that has read the
+    # team's transcripts and the coach's verdicts, on the easy (1-2 step) built-in problems. Its
+    # coach copies the two numbers it compares, then scores (generate mode, ~15 tokens).
     "laptop": dict(model="laptop", data="builtin-easy", eval_data="builtin-easy", steps=60,
                    problems_per_step=8, samples_per_problem=2, max_new_tokens=96, gen_batch_size=32,
-                   coach="logit", coach_batch_size=32, coach_answer_for_all=True, coach_compact=True,
+                   coach="generate", coach_max_new_tokens=24, coach_batch_size=32, coach_answer_for_all=True, coach_compact=True,
                    lr=2e-3, lora_r=8, lora_alpha=16, minibatch_size=16, micro_batch_size=16,
                    gradient_checkpointing=False, code_timeout=5.0, eval_problems=32, save_every=20),
 }

@@ -27,9 +27,9 @@ import checkpoint
 import dist
 import sandbox
 from agents import PIPELINES, ModelLoadError, add_adapters, load_base
-from coach_api import make_coach
+from coach_api import CoachGuard, make_coach
 from config import INT_MAX, Config, OneLineParser, UserError, check_device, check_range, fail, load_config
-from reward import CoachGuard, grade
+from reward import grade
 from rollout import Episode, new_episodes, rollout
 from runlog import episode_record, mean, rollout_metrics
 from tasks import DataError, load_tasks, workspace

@@ -11,9 +11,7 @@ Two coach modes:
 - logit (ours): the prompt ends in "PROCESS_SCORE: " and one forward pass reads the expected score
   under the next-token distribution over 0..10, with the two-token "10" handled exactly.
 """
-import numbers
 import re
-import sys
 
 import torch
 
@@ -298,59 +296,6 @@ class LLMCoach:
             for i, e in zip(chunk, expected.tolist()):
                 scores[i] = e
         return scores
-
-
-class CoachGuard:
-    """Any coach, made safe for the loop. A score that is not a number in 0..10 (NaN, inf, 15, -5,
-    a string) leaves that action unscored and is counted (never clamped: a coach that says 15 is
-    broken, not enthusiastic); a coach that raises leaves the batch unscored, said in one line, and
-    the run goes on; `max_unscored` calls in a row with no action scored stop the run with one
-    line (UserError): a misconfigured coach would train nothing. 0: never stop."""
-
-    def __init__(self, coach, max_unscored: int = 0):
-        self.coach, self.max_unscored = coach, max_unscored
-        self.invalid = self.failures = self.streak = 0
-
-    def __getattr__(self, name):  # the wrapped coach's counters (.retries, .failed, ...)
-        if name == "coach":  # not set yet (copy, unpickling): no endless recursion
-            raise AttributeError(name)
-        return getattr(self.coach, name)
-
-    def score(self, items: list) -> list[float | None]:
-        if not items:
-            return []
-        try:
-            raw = list(self.coach.score(items))
-            if len(raw) != len(items):
-                raise ValueError(f"it returned {len(raw)} scores for {len(items)} actions")
-        except torch.OutOfMemoryError:  # out of memory stays exit 3 with its own advice
-            raise
-        except Exception as e:
-            self.failures += 1
-            print(f"coach failed ({type(e).__name__}: {' '.join(str(e).split())[:160]}); its "
-                  f"{len(items)} actions are unscored", file=sys.stderr, flush=True)
-            raw = [None] * len(items)
-        scores = [valid_score(s) for s in raw]
-        bad = [s for s, v in zip(raw, scores) if s is not None and v is None]
-        if bad:
-            self.invalid += len(bad)
-            print(f"coach: {len(bad)} of {len(items)} scores are not numbers in 0..10 (e.g. {bad[0]!r:.30}); "
-                  "those actions are unscored", file=sys.stderr, flush=True)
-        self.streak = self.streak + 1 if all(s is None for s in scores) else 0
-        if self.max_unscored and self.streak >= self.max_unscored:
-            from config import UserError
-            raise UserError(f"the coach scored no action in {self.streak} steps in a row, so the run trains "
-                            "nothing; fix the coach (--coach-url, --coach-model, or your coach), then --resume "
-                            "the run (or raise --max-unscored-steps)")
-        return scores
-
-
-def valid_score(s) -> float | None:
-    """s as a float if it is a real number in [0, 10], else None (NaN and inf are not)."""
-    if isinstance(s, bool) or not isinstance(s, numbers.Real):
-        return None
-    s = float(s)
-    return s if 0.0 <= s <= 10.0 else None
 
 
 def score_candidates(tokenizer) -> tuple[list[int], dict[int, list[int]]]:

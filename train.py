@@ -22,9 +22,9 @@ import dist
 import rl
 import sandbox
 from agents import PIPELINES, ModelLoadError, acting_as, add_adapters, adapter_parameters, load_base, make_optimizers
-from coach_api import make_coach
+from coach_api import CoachGuard, make_coach
 from config import Config, UserError, fail, parse_args
-from reward import CoachGuard, assign_rewards, grade
+from reward import assign_rewards, grade
 from rollout import Action, episode_guard, live, new_episodes, pad_left, prefix_forward, rollout, shared_prefix
 from runlog import Progress, RunLog, rollout_metrics, tracker_module
 from tasks import DataError, load_tasks, workspace

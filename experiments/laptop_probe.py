@@ -87,12 +87,13 @@ def coach_numbers(episodes) -> dict:
 
 def parse_rate(model, tokenizer, cfg: Config, episodes, n: int = 48) -> float:
     """Share of generate-mode coach replies with a score line, before any format retry."""
-    coach = LLMCoach(model, tokenizer, MATH, "generate", True, 16, cfg.coach_batch_size,
+    coach = LLMCoach(model, tokenizer, MATH, "generate", True, cfg.coach_max_new_tokens, cfg.coach_batch_size,
                      answer_for_all=cfg.coach_answer_for_all, compact=cfg.coach_compact)
     items = [(ep, a) for ep in episodes for a in ep.actions][:n]
     convs = [coach.prompt(ep, a) for ep, a in items]
     from rollout import generate, render
-    outs = generate(model, tokenizer, [render(tokenizer, c) for c in convs], 16, 0.0, cfg.coach_batch_size)
+    outs = generate(model, tokenizer, [render(tokenizer, c) for c in convs], cfg.coach_max_new_tokens, 0.0,
+                    cfg.coach_batch_size)
     texts = [tokenizer.decode(ids, skip_special_tokens=True) for ids, _ in outs]
     return round(sum(parse_score(t) is not None for t in texts) / max(1, len(texts)), 4)
 

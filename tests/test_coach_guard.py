@@ -14,7 +14,7 @@ import torch
 import train
 from coach_api import check_endpoint
 from config import PRESETS, Config, UserError, parse_args
-from reward import CoachGuard
+from coach_api import CoachGuard
 from tests.test_bad_input import run_main
 
 

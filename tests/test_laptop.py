@@ -70,7 +70,7 @@ def test_the_build_path_is_deterministic_and_loads_like_a_hub_model(tmp_path):
 
     from tiny.pretrain import pretrain
     small = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=1, episodes_per_step=1,
-                 tokenizer_episodes=10, vocab_size=600, warmup=1)
+                 tokenizer_episodes=10, vocab_size=2560, warmup=1)
     torch.set_num_threads(1)
     stats = [pretrain(tmp_path / name, phases=(2, 1), log=lambda s: None, **small) for name in ("a", "b")]
     assert stats[0]["recipe"]["phases"] == (2, 1) and stats[0]["tokens_seen"] == stats[1]["tokens_seen"] > 0
@@ -116,6 +116,7 @@ def test_one_mappa_step_runs_on_the_laptop_model(tmp_path):
                       "--max-new-tokens", "64", "--out-dir", str(tmp_path / "run")])
     run = train(cfg, quiet=True)
     row = json.loads((run / "metrics.jsonl").read_text().splitlines()[0])
-    assert row["episode/count"] == 4 and row["executor/tool_use"] > 0
-    assert all(row[f"{a}/unscored"] == 0 and 0 <= row[f"{a}/score_mean"] <= 10 for a in ("solver", "executor", "verifier"))
+    assert row["episode/count"] == 4 and row["executor/tool_use"] > 0  # its code ran in the sandbox
+    for agent in ("solver", "executor", "verifier"):  # the coach (the base, adapters off) scored them
+        assert row[f"{agent}/unscored"] < row[f"{agent}/actions"] and 0 <= row[f"{agent}/score_mean"] <= 10
     assert (run / "adapters" / "executor").is_dir()

@@ -134,10 +134,4 @@ def ensure_tiny_model(size: str = "tiny") -> Path:
     return folder
 
 
-def laptop_model() -> Path:
-    """The folder of the pretrained laptop model (tiny/pretrain.py), shipped in tiny/laptop/."""
-    folder = Path(__file__).resolve().parent / "laptop"
-    if not (folder / "model.safetensors").exists():
-        from agents import ModelLoadError
-        raise ModelLoadError(f"the laptop model is not in {folder}; build it with: python -m tiny pretrain")
-    return folder
+LAPTOP_DIR = Path(__file__).resolve().parent / "laptop"  # the shipped laptop model (tiny/pretrain.py)

@@ -17,7 +17,8 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     if args.steps is not None and args.steps < 1:
         p.error("--steps must be >= 1")
-    from tiny.pretrain import LAPTOP_DIR, pretrain
+    from tiny import LAPTOP_DIR
+    from tiny.pretrain import pretrain
     torch.set_num_threads(args.threads)
     stats = pretrain(Path(args.out) if args.out else LAPTOP_DIR, phases=(args.steps,) if args.steps else None,
                      start_from=Path(args.start_from) if args.start_from else None,

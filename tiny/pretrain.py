@@ -20,16 +20,20 @@ import torch
 
 import tiny
 
-LAPTOP_DIR = Path(__file__).resolve().parent / "laptop"
+
 RECIPE = dict(  # bump "version" when anything here or in transcripts.py changes
     version=4, seed=0, vocab_size=2560, hidden_size=192, intermediate_size=512, num_hidden_layers=4,
     num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024,
     lr=2e-3, warmup=50, min_lr_ratio=0.1, betas=(0.9, 0.95), weight_decay=0.1,
-    episodes_per_step=3, coach_per_episode=2.0, copy_per_step=8, phases=(600, 600, 600), phase_overrides=({}, {}, {}), micro_tokens=4096,
+    episodes_per_step=3, coach_per_episode=2.0, copy_per_step=8, coach_rationale=False,
+    # phase 3: the coach learns to copy the two numbers it compares before its score (generate mode)
+    phases=(600, 600, 500), phase_overrides=({}, {}, {"coach_per_episode": 4.0, "coach_rationale": True}),
+    micro_tokens=4096,
     tokenizer_episodes=300)
 
 
-def corpus_batch(problems, tokenizer, rng: random.Random, episodes: int, coach_rate: float, copies: int = 0):
+def corpus_batch(problems, tokenizer, rng: random.Random, episodes: int, coach_rate: float, copies: int = 0,
+                 rationale: bool = False):
     """(ids, mask) documents from `episodes` fresh scripted episodes: every agent's conversation
     and, on average, `coach_rate` coach verdicts per episode; plus `copies` copy drills."""
     from tiny import transcripts as T
@@ -40,7 +44,7 @@ def corpus_batch(problems, tokenizer, rng: random.Random, episodes: int, coach_r
         docs += T.agent_documents(ep, tokenizer)
         k = int(coach_rate) + (rng.random() < coach_rate % 1)
         for a in rng.sample(ep.actions, min(k, len(ep.actions))):
-            docs.append(T.coach_document(ep, a, tokenizer, rng))
+            docs.append(T.coach_document(ep, a, tokenizer, rng, rationale))
     return docs
 
 
@@ -178,7 +182,7 @@ def train_phase(model, tokenizer, problems, r: dict, steps: int, rng: random.Ran
         for g in opt.param_groups:
             g["lr"] = lr
         docs = sorted(corpus_batch(problems, tokenizer, rng, r["episodes_per_step"], r["coach_per_episode"],
-                                   r["copy_per_step"]), key=lambda d: len(d[0]))
+                                   r["copy_per_step"], r["coach_rationale"]), key=lambda d: len(d[0]))
         n_loss = sum(sum(m) for _, m in docs)
         opt.zero_grad(set_to_none=True)
         total_loss = 0.0

@@ -181,13 +181,18 @@ def agent_documents(ep: Episode, tokenizer) -> list[tuple[list[int], list[int]]]
     return docs
 
 
-def coach_document(ep: Episode, action: Action, tokenizer, rng: random.Random) -> tuple[list[int], list[int]]:
+def coach_document(ep: Episode, action: Action, tokenizer, rng: random.Random,
+                   rationale: bool = False) -> tuple[list[int], list[int]]:
     """The coach's prompt for one action as the laptop preset's LLMCoach renders it (compact, the
-    reference shown for every agent) and the rule's verdict as its reply."""
-    msgs = coach_messages(ep, action, MATH, show_answer=True, rationale=False, answer_for_all=True, compact=True)
+    reference shown for every agent) and the rule's verdict as its reply. rationale: the reply
+    first copies the two numbers it compares ("Its answer: 21. Reference: 21."), then scores --
+    the generate coach's short rationale, which turns judging into copying and comparing two
+    adjacent tokens (a bare score never learned to tell right from wrong: AUC ~0.5)."""
+    msgs = coach_messages(ep, action, MATH, show_answer=True, rationale=rationale, answer_for_all=True, compact=True)
     prompt = tokenizer.apply_chat_template(msgs, add_generation_prompt=True, return_dict=False)
-    reply = tokenizer.encode(SCORE_PREFIX + str(rule_score(action, ep.task.answer, rng)),
-                             add_special_tokens=False) + [tokenizer.eos_token_id]
+    score = rule_score(action, ep.task.answer, rng)
+    why = f"Its answer: {committed_number(action) or 'none'}. Reference: {ep.task.answer}. " if rationale else ""
+    reply = tokenizer.encode(why + SCORE_PREFIX + str(score), add_special_tokens=False) + [tokenizer.eos_token_id]
     return prompt + reply, [0] * len(prompt) + [1] * len(reply)
 
 
