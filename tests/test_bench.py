@@ -128,9 +128,11 @@ def test_gpu_sizes_are_reported_as_not_measured_without_cuda():
 
 
 def test_bench_sandbox_smoke():
-    out = rows.bench_sandbox(n=4, n_timeouts=1, timeout_s=0.5)
-    assert out["n"] == 4 and out["sequential_s"] >= 0.5 and out["parallel_s"] >= 0.5
-    assert out["parallel_cores_s"] >= 0.5 and out["workers"] == min(4, 4 * os.cpu_count())
+    # 2 s, not 0.5: on busy cores a quick action's start (Python, the lockdown) took over 0.5 s and
+    # timed out in one pass only, so the row's own check (both passes agree) failed
+    out = rows.bench_sandbox(n=4, n_timeouts=1, timeout_s=2.0)
+    assert out["n"] == 4 and out["sequential_s"] >= 2.0 and out["parallel_s"] >= 2.0
+    assert out["parallel_cores_s"] >= 2.0 and out["workers"] == min(4, 4 * os.cpu_count())
 
 
 def test_the_command_runs_as_the_readme_says(tmp_path):
