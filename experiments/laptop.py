@@ -39,9 +39,11 @@ def train_all(runs: list[tuple[str, int, Path]], args) -> None:
     while todo or live:
         while todo and len(live) < args.jobs:
             arm, seed, out = todo.pop(0)
-            resume = ["--resume", str(out)] if (out / "config.json").exists() else ["--out-dir", str(out)]
-            cmd = [sys.executable, "train.py", "--preset", "laptop", "--reward", arm, "--seed", str(seed),
-                   "--steps", str(args.steps), *resume, *args.train_args]
+            if (out / "config.json").exists():  # an interrupted run goes on with its own settings
+                cmd = [sys.executable, "train.py", "--resume", str(out), "--steps", str(args.steps)]
+            else:
+                cmd = [sys.executable, "train.py", "--preset", "laptop", "--reward", arm, "--seed", str(seed),
+                       "--steps", str(args.steps), "--out-dir", str(out), *args.train_args]
             out.parent.mkdir(parents=True, exist_ok=True)
             live.append((run(cmd, out.parent / f"{out.name}.log"), f"{arm} seed {seed}"))
             print(f"[laptop] training {arm} seed {seed} -> {out}", file=sys.stderr, flush=True)
