@@ -83,6 +83,8 @@ def build_tokenizer(problems, vocab_size: int, seed: int, episodes: int = 300):
     from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
+    from agents import MATH
+    from reward import coach_messages
     from tiny import transcripts as T
 
     rng, texts = random.Random(seed), [tiny.CORPUS] + [" ".join(map(str, range(1000)))] * 20
@@ -92,8 +94,6 @@ def build_tokenizer(problems, vocab_size: int, seed: int, episodes: int = 300):
         for a in ep.actions:
             texts.append(probe.apply_chat_template(a.messages + [{"role": "assistant", "content": a.text}],
                                                    tokenize=False))
-        from reward import coach_messages
-        from agents import MATH
         texts.append(probe.apply_chat_template(coach_messages(
             ep, rng.choice(ep.actions), MATH, show_answer=True, rationale=False, answer_for_all=True,
             compact=True), tokenize=False))
