@@ -248,8 +248,11 @@ def make_optimizers(model, agents, lr: float, weight_decay: float = 0.0, warmup_
 @contextmanager
 def acting_as(model, name: str | None):
     """Run the shared model as one agent (its adapter on), or as the coach/reference (name=None:
-    every adapter off, i.e. exactly the base model)."""
-    if name is None:
+    every adapter off, i.e. exactly the base model). A model without adapters (a coach loaded on
+    its own, --coach-base) is itself for name=None."""
+    if name is None and not hasattr(model, "disable_adapter"):  # a plain transformers model
+        yield model
+    elif name is None:
         with model.disable_adapter():
             yield model
     else:

@@ -17,6 +17,7 @@ retry), so the two coaches read exactly the same thing. The rules of the wire:
   keep the POST; any other one fails the request, so the API key never reaches another host.
 Only the standard library (http.client and a thread pool): no new dependency.
 """
+import functools
 import http.client
 import json
 import numbers
@@ -234,15 +235,27 @@ def check_endpoint(cfg) -> None:
 
 
 def make_coach(cfg, model, tokenizer, agents):
-    """The coach a config asks for: the API coach when cfg.coach_url is set, else the local one (the
-    shared base with adapters off). Either way the KL reference stays the local base."""
+    """The coach a config asks for: the API coach when cfg.coach_url is set; else a local one: its own
+    model (cfg.coach_base, loaded here, frozen, never given an adapter or saved) or the shared base
+    with adapters off. Either way the KL reference stays the team's base."""
     if not cfg.coach_url:
+        if cfg.coach_base:
+            tokenizer, model = load_coach_base(cfg.coach_base, cfg.load_in_4bit, str(model.device))
         return LLMCoach(model, tokenizer, agents, cfg.coach, cfg.coach_sees_answer, cfg.coach_max_new_tokens,
                         cfg.coach_batch_size, answer_for_all=cfg.coach_answer_for_all, compact=cfg.coach_compact)
     return APICoach(cfg.coach_url, cfg.coach_model, agents, api_key=os.environ.get(cfg.coach_api_key_env) or None,
                     show_answer=cfg.coach_sees_answer, max_tokens=cfg.coach_max_new_tokens,
                     concurrency=cfg.coach_concurrency, timeout=cfg.coach_timeout, retries=cfg.coach_retries,
                     answer_for_all=cfg.coach_answer_for_all, compact=cfg.coach_compact)
+
+
+@functools.lru_cache(maxsize=1)
+def load_coach_base(name: str, load_in_4bit: bool | None, device: str):
+    """(tokenizer, model) of a coach with its own weights: frozen (load_base), in eval mode, and
+    loaded once per process (eval.py builds a coach per column)."""
+    from agents import load_base
+    tokenizer, model = load_base(name, load_in_4bit, device)
+    return tokenizer, model.eval()
 
 
 class CoachGuard:

@@ -73,6 +73,7 @@ class Config:
     coach_sees_answer: bool = opt(True, "show the reference answer to the coach when it scores the final agent (paper: on)")
     coach_answer_for_all: bool = opt(False, "show the reference for every agent's action, not only the final agent's (paper: off; laptop preset: on)")
     coach_compact: bool = opt(False, "compact coach prompt: task, action, code output, reference only (paper: the full prompt; laptop preset: on)")
+    coach_base: str = opt("", "the coach's own model, loaded in this process and never trained: a catalogue name, Hub name or folder (default: the team's base with adapters off; see docs/laptop.md: a base must judge before it coaches)")
     coach_url: str = opt("", "OpenAI-compatible endpoint of a coach served elsewhere, e.g. http://localhost:8000/v1 (default: the local base, adapters off)")
     coach_model: str = opt("", "model name the --coach-url endpoint serves (alone: the endpoint is $OPENAI_BASE_URL)")
     coach_api_key_env: str = opt("OPENAI_API_KEY", "environment variable holding the endpoint's API key (unset: no key is sent)")
@@ -144,6 +145,7 @@ def validate(cfg: Config) -> Config:
          "--grader math-verify needs the math-verify package: pip install math-verify"),
         (not cfg.coach_url or cfg.coach_url.startswith(("http://", "https://")), "--coach-url must start with http:// or https://"),
         (not cfg.coach_url or cfg.coach_model, "--coach-url needs --coach-model (the model name the endpoint serves)"),
+        (not (cfg.coach_url and cfg.coach_base), "--coach-url and --coach-base name two coaches: pass one"),
         (not cfg.coach_url or cfg.coach == "generate", "a --coach-url coach writes its score (no logits): pass --coach generate"),
     ]
     for ok, message in checks:
@@ -240,7 +242,7 @@ def absolute_paths(values: dict) -> dict:
     (and every adapter_config.json, which takes the model's path) then work from any folder. The
     built models ("tiny") stay names: eval rebuilds or finds them in the cache (tiny/)."""
     from tiny import SIZES  # lazy: tiny imports torch
-    for key in ("model", "data", "eval_data"):
+    for key in ("model", "coach_base", "data", "eval_data"):
         v = values.get(key)
         if isinstance(v, str) and v not in ("builtin", "builtin-easy", "laptop", *SIZES) and os.path.exists(os.path.expanduser(v)):
             values[key] = os.path.abspath(os.path.expanduser(v))

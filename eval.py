@@ -206,6 +206,7 @@ def parse_eval_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--coach", action=argparse.BooleanOptionalAction, default=True, help="score actions with the coach")
     p.add_argument("--coach-mode", choices=("generate", "logit"), default=None,
                    help="coach mode (default: the run's); generate keeps the coach's rationale for show")
+    p.add_argument("--coach-base", default="", help="the coach's own model, loaded here (default: the run's --coach-base, else the team's base with adapters off)")
     p.add_argument("--coach-url", default="", help="OpenAI-compatible coach endpoint (never taken from a run's config)")
     p.add_argument("--coach-model", default="", help="model name the --coach-url endpoint serves (default: the run's)")
     p.add_argument("--coach-api-key-env", default="OPENAI_API_KEY", help="environment variable holding the endpoint's API key")
@@ -253,7 +254,9 @@ def coach_config(cfg: Config, args, run_dir, note: bool = True) -> Config:
     given = {k: getattr(args, k) for k in ENDPOINT_FIELDS if getattr(args, k) != getattr(Config, k)}
     endpoint = {**untrusted_endpoint(saved if note else {}, given, run_dir), **given}
     mode = "generate" if endpoint["coach_url"] else args.coach_mode or cfg.coach
-    return dataclasses.replace(cfg, coach=mode, coach_model=args.coach_model or cfg.coach_model, **endpoint)
+    coach_base = "" if endpoint["coach_url"] else args.coach_base or cfg.coach_base
+    return dataclasses.replace(cfg, coach=mode, coach_model=args.coach_model or cfg.coach_model,
+                               coach_base=coach_base, **endpoint)
 
 
 def eval_column(name: str, run_dir: Path, cfg: Config, base: bool, args, loaded: dict) -> dict:
