@@ -51,7 +51,8 @@ def pass_at_k(n: int, c: int, k: int) -> float:
 def default_split(source: str) -> str:
     """Which split to read: the built-in held-out split, else "train" -- the only split of most
     Hub AIME/AMC collections (e.g. AI-MO/aimo-validation-aime). Local files have no splits."""
-    return "eval" if source == "builtin" else "train"
+    from tasks.problems import BUILTIN
+    return "eval" if source in BUILTIN else "train"  # builtin-easy too: its eval split is held out
 
 
 def run_episodes(model, tokenizer, cfg: Config, agents, *, k: int = 4, temperature: float = 0.6,

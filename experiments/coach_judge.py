@@ -89,7 +89,7 @@ def rollouts(args, out: Path):
                      gen_batch_size=args.batch, code_timeout=5.0)
         t0 = time.perf_counter()
         eps = evaluation.run_episodes(model, tokenizer, cfg, PIPELINES["math"], k=args.k, temperature=args.temperature,
-                                      limit=args.problems, use_adapters=False, seed=args.seed, progress=True,
+                                      limit=args.problems, split=args.split, use_adapters=False, seed=args.seed, progress=True,
                                       desc="rollouts")
         path.with_suffix(".tmp").write_text("".join(json.dumps(episode_record(e)) + "\n" for e in eps))
         path.with_suffix(".tmp").rename(path)
@@ -205,6 +205,7 @@ def main(argv=None) -> None:
     p.add_argument("--coach-batch", type=int, default=16)
     p.add_argument("--generate", type=int, default=24, help="actions for the generate-mode parse rate (0: skip)")
     p.add_argument("--generate-tokens", type=int, default=96)
+    p.add_argument("--split", default="eval", help="builtin-easy split (eval: held out from training)")
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--out", default=str(ROOT / "results" / "coach"))

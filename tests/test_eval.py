@@ -166,6 +166,7 @@ def test_the_aime_sample_loads_with_its_answer_forms():
     assert answers["sample-3"] == "235"  # 235.0 in the file
     assert is_equiv("216", answers["sample-4"]) and not is_equiv("144", answers["sample-4"])
     assert evaluation.default_split("builtin") == "eval" and evaluation.default_split("AI-MO/aimo-validation-aime") == "train"
+    assert evaluation.default_split("builtin-easy") == "eval"  # the laptop preset evaluates on held-out problems
 
 
 def test_read_jsonl_skips_blank_lines_and_names_a_bad_line(tmp_path):
