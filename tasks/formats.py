@@ -171,8 +171,9 @@ def gold_answer(v: object, shape: Shape, where: str) -> str:
         s = answer_str(v, where, field)
         if not shape.explicit and looks_worked(s):
             hint = "gsm8k" if "####" in s else "boxed" if extract_boxed(s) else "plain"
-            raise DataError(f"{where}: {field!r} looks like a worked solution ({len(s)} chars, "
-                            f"{len(s.splitlines())} lines), not a gold answer; say how to read it: "
+            lines = len(s.splitlines())
+            raise DataError(f"{where}: {field!r} looks like a worked solution ({len(s)} chars, {lines} "
+                            f"line{'s' * (lines > 1)}), not a gold answer; say how to read it: "
                             f"--answer-format {hint} (or --answer-field FIELD)")
         return s
     if not isinstance(v, str):
