@@ -288,6 +288,7 @@ def eval_column(name: str, run_dir: Path, cfg: Config, base: bool, args, loaded:
     result = summarize(episodes, agents, args.k, cfg.task)
     result["settings"] = {"run": str(run_dir), "base": base, "k": args.k, "temperature": args.temperature,
                           "limit": args.limit, "data": args.data or cfg.eval_data, "split": args.split,
+                          "fields": dataclasses.asdict(eval_fields(cfg, args)),
                           "coach": (args.coach_mode or cfg.coach) if args.coach else None, "seed": args.seed,
                           "seconds": time.perf_counter() - t0}
     stem = "eval-base" if base else "eval"

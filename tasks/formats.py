@@ -76,13 +76,15 @@ def _key(rec: dict, name: str) -> str | None:
     return next((k for k in rec if isinstance(k, str) and k.lower() == name.lower()), None)
 
 
-def _seen(rec: dict) -> str:
-    return ", ".join(map(str, rec)) or "none"
+def _seen(rec: dict, most: int = 12) -> str:
+    """The row's field names for an error line (the first ``most``: the line stays one line)."""
+    names = [str(k)[:30] for k in rec]
+    return ", ".join(names[:most]) + (f" (+{len(names) - most} more)" if len(names) > most else "") or "none"
 
 
 def detect_shape(rec: object, spec: FieldSpec, where: str) -> Shape:
-    """The shape of a set, from its first row and the user's flags; DataError (one line, naming the
-    fields it saw and the flags to use) when the fields cannot be told."""
+    """The shape of one row, from its field names, its answer and the user's flags; DataError (one
+    line, naming the fields it saw and the flags to use) when the fields cannot be told."""
     if not isinstance(rec, dict):
         raise DataError(f"{where}: expected a JSON object, got {type(rec).__name__}; "
                         'write each record as {"problem": "...", "answer": "..."}')

@@ -217,3 +217,15 @@ def test_helpers():
     assert drop_thousands("1,450,000") == "1450000" and drop_thousands("1,000.5") == "1000.5"
     assert drop_thousands("(1, 2)") == "(1, 2)" and drop_thousands("1,2") == "1,2"
     assert looks_worked("a\nb") and looks_worked("x" * 101) and not looks_worked("\\frac{1}{2}")
+
+
+def test_math_rows_mix_an_answer_field_and_a_boxed_solution(tmp_path):
+    rows = [{"problem": "A?", "solution": "so \\boxed{3}", "answer": "3"},
+            {"problem": "B?", "solution": "so \\boxed{\\frac{1}{2}} and then \\boxed{\\{1,2\\}}", "answer": None}]
+    got = load_problems(write(tmp_path, rows, "json"))
+    assert [p.answer for p in got] == ["3", "\\{1,2\\}"] and "math (problem -> answer)" in got.summary
+
+
+def test_an_error_line_names_at_most_twelve_fields(tmp_path):
+    msg = refusal(tmp_path, [{f"column{i}": "x" for i in range(40)}], form="json")
+    assert "column11 (+28 more)" in msg and "column12" not in msg
