@@ -55,6 +55,11 @@ class Config:
     model: str = opt("Qwen/Qwen2.5-1.5B-Instruct", "Hub name or local folder of the shared base model ('tiny' builds one offline; 'laptop' is the shipped tiny/laptop/)")
     data: str = opt("builtin", "training tasks: builtin, builtin-easy, a .json/.jsonl/.parquet/.csv file, a saved-dataset folder or a Hub dataset (math); builtin or a task folder (data)")
     eval_data: str = opt("builtin", "held-out tasks for evaluation, same forms as --data")
+    # how the rows of a --data / --eval-data math set are read (tasks/formats.py, docs/data.md;
+    # a Hub set with a config and a split: --data openai/gsm8k:main@test)
+    problem_field: str = opt("", "math sets: the field of the problem text, A+B to join two (default: found from the set's shape: GSM8K, MATH, MAWPS, SVAMP, AIME)")
+    answer_field: str = opt("", "math sets: the field of the gold answer (default: found from the set's shape)")
+    answer_format: str = opt("auto", "math sets: how the gold answer is read from its field: auto (from the shape), plain (the field as is), gsm8k (after ####), boxed (its last \\boxed{})", ("auto", "plain", "gsm8k", "boxed"))
     load_in_4bit: typing.Optional[bool] = opt(None, "load the base in 4-bit NF4 (QLoRA); default: on when CUDA is available")
     device: str = opt("auto", "auto, cpu, cuda or cuda:N")
     # rollouts

@@ -33,6 +33,7 @@ from reward import grade
 from rollout import Episode, new_episodes, rollout
 from runlog import episode_record, mean, rollout_metrics
 from tasks import DataError, load_tasks, workspace
+from tasks.formats import FORMATS, FieldSpec
 
 JUDGE_THRESHOLD = 5.0  # a coach score >= this counts as the coach calling the final answer right
 
@@ -57,16 +58,17 @@ def default_split(source: str) -> str:
 
 def run_episodes(model, tokenizer, cfg: Config, agents, *, k: int = 4, temperature: float = 0.6,
                  limit: int | None = None, data: str | None = None, split: str | None = None,
-                 coach=None, use_adapters: bool = True, seed: int = 0, progress: bool = False,
+                 fields: FieldSpec | None = None, coach=None, use_adapters: bool = True, seed: int = 0, progress: bool = False,
                  desc: str = "eval") -> list[Episode]:
     """Roll out k episodes per held-out task, grade them, and let the coach score every action.
     Returns the episodes, k consecutive ones per task, in task order. An episode whose rollout
-    failed (episode.error) is kept and counts as wrong, so avg@k and pass@k stay over k per task."""
+    failed (episode.error) is kept and counts as wrong, so avg@k and pass@k stay over k per task.
+    ``fields`` (--problem-field etc.) default to the run's own for its --eval-data."""
     from tqdm.auto import tqdm  # tqdm ships with transformers
 
     torch.manual_seed(seed)
     source = data or cfg.eval_data
-    tasks = load_tasks(cfg.task, source, split or default_split(source))[:limit]
+    tasks = load_tasks(cfg.task, source, split or default_split(source), fields or FieldSpec.of(cfg))[:limit]
     limits = sandbox.Limits(timeout_s=cfg.code_timeout, memory_mb=cfg.code_memory_mb)
     episodes = []
     chunk = max(1, cfg.gen_batch_size // k)
@@ -201,9 +203,15 @@ def parse_eval_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--k", type=int, default=4, help="samples per task (avg@k, pass@k)")
     p.add_argument("--temperature", type=float, default=0.6, help="sampling temperature (paper: 0.6)")
     p.add_argument("--limit", type=int, default=None, help="evaluate the first N tasks only")
-    p.add_argument("--data", default=None, help="held-out tasks: builtin, a .json/.jsonl/.parquet/.csv file, a saved-dataset folder or a Hub dataset "
+    p.add_argument("--data", default=None, help="held-out tasks: builtin, a .json/.jsonl/.parquet/.csv file, a saved-dataset folder or a Hub dataset NAME[:CONFIG][@SPLIT] "
                    "(default: the run's --eval-data)")
-    p.add_argument("--split", default=None, help="split of a Hub dataset (default: train; builtin: eval)")
+    p.add_argument("--split", default=None, help="split of a Hub dataset or saved DatasetDict (default: train; builtin: eval); "
+                   "or name it in --data: openai/gsm8k:main@test")
+    p.add_argument("--problem-field", default=None, help="math sets: the field of the problem text, A+B to join two "
+                   "(default: found from the set's shape; without --data: the run's)")
+    p.add_argument("--answer-field", default=None, help="math sets: the field of the gold answer (default: as --problem-field)")
+    p.add_argument("--answer-format", choices=FORMATS, default=None, help="math sets: how the gold answer is read: auto, "
+                   "plain (as is), gsm8k (after ####), boxed (last \\boxed{}) (default: as --problem-field)")
     p.add_argument("--coach", action=argparse.BooleanOptionalAction, default=True, help="score actions with the coach")
     p.add_argument("--coach-mode", choices=("generate", "logit"), default=None,
                    help="coach mode (default: the run's); generate keeps the coach's rationale for show")
@@ -279,11 +287,12 @@ def eval_column(name: str, run_dir: Path, cfg: Config, base: bool, args, loaded:
     coach = CoachGuard(make_coach(coach_config(cfg, args, run_dir, note=False), model, tokenizer, agents)) if args.coach else None
     t0 = time.perf_counter()
     episodes = run_episodes(model, tokenizer, cfg, agents, k=args.k, temperature=args.temperature,
-                            limit=args.limit, data=args.data, split=args.split, coach=coach,
+                            limit=args.limit, data=args.data, split=args.split, fields=eval_fields(cfg, args), coach=coach,
                             use_adapters=not base, seed=args.seed, progress=True, desc=name)
     result = summarize(episodes, agents, args.k, cfg.task)
     result["settings"] = {"run": str(run_dir), "base": base, "k": args.k, "temperature": args.temperature,
                           "limit": args.limit, "data": args.data or cfg.eval_data, "split": args.split,
+                          "fields": dataclasses.asdict(eval_fields(cfg, args)),
                           "coach": (args.coach_mode or cfg.coach) if args.coach else None, "seed": args.seed,
                           "seconds": time.perf_counter() - t0}
     stem = "eval-base" if base else "eval"
@@ -305,18 +314,33 @@ def write_atomically(path: Path, text: str) -> None:
         tmp.unlink(missing_ok=True)
 
 
+def eval_fields(cfg: Config, args) -> FieldSpec:
+    """How the held-out rows are read: the flags given here; for the run's own --eval-data (no
+    --data), the run's saved flags where these are not given. A set named with --data is read by
+    this command's flags only: the run's fields describe its own sets."""
+    base = FieldSpec.of(cfg) if args.data is None else FieldSpec()
+    given = {k: getattr(args, k, None) for k in ("problem_field", "answer_field", "answer_format")}
+    return dataclasses.replace(base, **{k: v for k, v in given.items() if v is not None})
+
+
 def check_columns(columns, args) -> None:
     """Everything eval_column would meet only after loading a model: the held-out tasks, the
-    device, the coach endpoint, and whether the run folders take the results."""
+    device, the coach endpoint, and whether the run folders take the results. Then the one line
+    per held-out set: the shape read, its rows, one problem and its gold answer."""
+    summaries = []
     for _, run_dir, cfg, _ in columns:
         check_device(cfg.device)
         source = args.data or cfg.eval_data
-        load_tasks(cfg.task, source, args.split or default_split(source))
+        tasks = load_tasks(cfg.task, source, args.split or default_split(source), eval_fields(cfg, args))
+        if getattr(tasks, "summary", "") and tasks.summary not in summaries:
+            summaries.append(tasks.summary)
         checkpoint.check_writable(run_dir)
         coach_cfg = coach_config(cfg, args, run_dir)  # never the run's own endpoint (issue 15)
         if args.coach and coach_cfg.coach_url:
             from coach_api import check_endpoint
             check_endpoint(coach_cfg)
+    for line in summaries:
+        print(line, flush=True)
 
 
 def main(argv=None) -> None:

@@ -28,6 +28,7 @@ from reward import assign_rewards, grade
 from rollout import Action, episode_guard, live, new_episodes, pad_left, prefix_forward, rollout, shared_prefix
 from runlog import Progress, RunLog, rollout_metrics, tracker_module
 from tasks import DataError, load_tasks, workspace
+from tasks.formats import FieldSpec
 
 
 @checkpoint.one_writer  # the run folder's lock, taken below, is released however train() ends
@@ -50,8 +51,10 @@ def train(cfg: Config, *, coach=None, agents=None, tasks=None, grader=grade, qui
         return run_dir
     if cfg.report_to != "none":
         tracker_module(cfg.report_to)  # a missing tracker package fails here, before the model loads
-    train_tasks = tasks if tasks is not None else load_tasks(cfg.task, cfg.data, "train")
+    train_tasks = tasks if tasks is not None else load_tasks(cfg.task, cfg.data, "train", FieldSpec.of(cfg))
     dist.on_main(preflight, cfg, coach)  # rank 0 checks; a failure stops every rank
+    if getattr(train_tasks, "summary", "") and not quiet:  # the shape read, the rows, one gold answer
+        dist.on_main(print, train_tasks.summary)
     dist.on_main(checkpoint.lock_run_dir, run_dir)  # one writer per run folder; a second is refused
     seed_everything(cfg.seed)
     tokenizer, base = load_base(cfg.model, cfg.load_in_4bit, device)
@@ -296,7 +299,7 @@ def preflight(cfg: Config, coach=None) -> None:
     held-out tasks of --eval-every, and the --coach-url endpoint (one tiny request)."""
     if cfg.eval_every:
         import eval as evaluation
-        load_tasks(cfg.task, cfg.eval_data, evaluation.default_split(cfg.eval_data))
+        load_tasks(cfg.task, cfg.eval_data, evaluation.default_split(cfg.eval_data), FieldSpec.of(cfg))
     if coach is None and cfg.coach_url and cfg.reward != "outcome":
         from coach_api import check_endpoint
         check_endpoint(cfg)

@@ -1,7 +1,7 @@
 """Grading math answers: the last ``\\boxed{...}`` of an action, and whether it equals the gold answer.
 
 Numbers compare exactly (``fractions.Fraction``: "0.75" = "3/4" = "\\dfrac34", "1,000" = "1000",
-"023" = "23"); units, degrees, ``$...$`` and ``x =`` are stripped; everything else compares as a
+"023" = "23"; a fraction rounded to 4+ decimals, 0.6666666667, = "2/3"); units, degrees, ``$...$`` and ``x =`` are stripped; everything else compares as a
 normalised string; powers and scientific notation are numbers ("2^{10}" = "1e3" + 24), square roots
 are simplified ("\\sqrt8" = "2\\sqrt2"), "a/b" is "\\frac{a}{b}" and "(B)" is "B".
 tests/test_grader.py lists what must and must not match; `--grader math-verify` adds math-verify.
@@ -16,7 +16,7 @@ _BOX = re.compile(r"\\(?:boxed|fbox)(?![A-Za-z])")
 _TEXT_CMD = r"\\(?:text|textrm|textnormal|textbf|textit|mbox|mathrm|mathbf|mathit|operatorname)"
 _NUM = r"[+-]?\s*(?:\d{1,3}(?:[, ]\d{3})+(?:\.\d*)?|\d+\.?\d*|\.\d+)"
 _UNIT_TEXT = re.compile(_TEXT_CMD + r"\s*\{\s*[A-Za-z][A-Za-z ./]*\}\s*(?:\^\s*\{?\s*[23]\s*\}?)?\s*$")
-_UNIT_WORDS = re.compile(r"^(.*?\S)\s+((?:[A-Za-z]{2,}\s+)*[A-Za-z]{2,})(?:\^\s*\{?\s*[23]\s*\}?)?\s*$")
+_UNIT_WORDS = re.compile(r"^(.*?\S)\s+((?:[A-Za-z]{2,}\s+)*(?:[A-Za-z]{2,}|[A-Za-z]+/[A-Za-z]+))(?:\^\s*\{?\s*[23]\s*\}?)?\s*$")
 # words that make an expression, not a unit: "2 pi" must not become 2
 _MAX_EXP = 400  # 10^400 at most: a power or exponent beyond that is compared as a string
 _NOT_UNITS = {"pi", "sqrt", "and", "or", "to", "times", "cdot", "mod", "over", "plus", "minus",
@@ -185,11 +185,32 @@ def is_equiv(pred: str | None, gold: str, backend: str = "fast") -> bool:
     (symbolic, via sympy) when the fast check says no -- but never for a gold answer that is an
     exact number (AIME's integers): there the fast grader is exact, and faster."""
     a, b = normalize_answer(pred), normalize_answer(gold)
-    if a and a == b:
+    if a and a == b or _rounded_equal(pred, a, gold):
         return True
     if backend == "fast" or not a or not b or _NUMBER.fullmatch(b):
         return False
     return _math_verify(str(pred), str(gold))
+
+
+_ROUNDED = re.compile(r"[+-]?\d*\.(\d{4,})")  # a decimal of 4+ places: maybe a rounded fraction
+
+
+def _rounded_equal(pred: str | None, pred_norm: str, gold: str) -> bool:
+    """A gold answer that is a fraction rounded to 4+ decimals (MAWPS writes 2/3 as 0.6666666667
+    and 10/3 as 3.33333) equals a predicted number that rounds to it: exactly (2/3), or a decimal
+    as precise as it is written, 3 places at least (0.667 yes, 0.67 no). An exact decimal gold
+    (0.015625 = 1/64) keeps exact comparison. Found on the real MAWPS file (docs/data.md)."""
+    m = _ROUNDED.fullmatch(str(gold).strip())
+    if not m or not pred_norm or (value := _to_fraction(pred_norm)) is None:
+        return False
+    gold_value, digits = Fraction(str(gold).strip()), len(m[1])
+    near = gold_value.limit_denominator(1000)
+    if near == gold_value or abs(near - gold_value) > Fraction(1, 2 * 10 ** digits):
+        return False  # an exact decimal, or no short fraction it is the rounding of
+    written = re.findall(r"\d\.(\d+)", str(pred))
+    if len(written) == 1:  # a decimal prediction is as precise as it is written
+        digits = min(digits, max(3, len(written[0])))
+    return abs(value - gold_value) <= Fraction(1, 2 * 10 ** digits)
 
 
 def _math_verify(pred: str, gold: str) -> bool:

@@ -1,7 +1,8 @@
 """The math task's problems: a built-in generator of arithmetic word problems with a fixed
-train/eval split, and loaders for JSON/JSONL files (the AIME/AMC layout) and Hub datasets.
+train/eval split, and loaders for JSON/JSONL/Parquet/CSV files, saved datasets and Hub datasets.
 
-Answers are graded in tasks/grader.py.
+How a row becomes a problem and its gold answer (GSM8K, MATH, MAWPS, SVAMP, AIME shapes) is
+tasks/formats.py; answers are graded in tasks/grader.py.
 """
 from __future__ import annotations
 
@@ -9,12 +10,11 @@ import json
 import os
 import random
 import re
-import sys
 from dataclasses import dataclass, replace
 
+from tasks.formats import _TOO_LONG, DataError, FieldSpec, read_row, row_id, row_kind, summary_line
 
-class DataError(ValueError):
-    """Bad problem data; the message is one line: what is wrong, where (file:line), how to fix."""
+__all__ = ["DataError", "Problem", "ProblemSet", "load_problems", "builtin_problems", "make_arithmetic"]
 
 
 @dataclass
@@ -166,39 +166,53 @@ def builtin_problems(split: str, n: int | None = None, steps: tuple = (2, 4, Fal
 
 
 # ----------------------------------------------------------------------------- loading
-_PROBLEM_KEYS = ("problem", "prompt", "question")
 _HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?")
 _FILE_TYPES = (".json", ".jsonl", ".parquet", ".csv")  # .parquet/.csv and folders: read by `datasets`
+_SUFFIXES = re.compile(r"(?P<name>.+?)(?::(?P<config>[\w.-]+))?(?:@(?P<split>[\w.-]+))?")
 
 
-def load_problems(source: str, split: str = "train", limit: int | None = None) -> list[Problem]:
+class ProblemSet(list):
+    """The loaded problems (a list), with ``summary``: the one line train and eval print so that a
+    person sees at a glance which shape was read and what a gold answer looks like."""
+
+    def __init__(self, problems, summary: str = ""):
+        super().__init__(problems)
+        self.summary = summary
+
+
+def parse_source(source: str) -> tuple[str, str | None, str | None]:
+    """(name, config, split) of ``NAME[:CONFIG][@SPLIT]``: ``openai/gsm8k:main@test`` is the Hub
+    set openai/gsm8k, config main, split test; ``./saved@eval`` a saved DatasetDict's split. An
+    existing path is taken whole (a file name may hold ':' or '@')."""
+    if source in BUILTIN or os.path.exists(os.path.expanduser(source)):
+        return source, None, None
+    m = _SUFFIXES.fullmatch(source)
+    return m["name"], m["config"], m["split"]
+
+
+def load_problems(source: str, split: str = "train", limit: int | None = None,
+                  fields: FieldSpec | None = None) -> ProblemSet:
     """Problems from "builtin", a ``.json`` file (a list of objects or ``{"problems": [...]}``),
     a ``.jsonl`` file (one object per line), a ``.parquet`` or ``.csv`` file, a folder (written by
-    ``Dataset[Dict].save_to_disk``, or holding data files), or a Hugging Face Hub dataset name. Each record needs
-    problem text (first of problem|prompt|question) and ``answer``; ``id`` and ``kind`` are
-    optional (defaults: "<stem>-<index>" and the file stem). Raises DataError (one line)."""
+    ``Dataset[Dict].save_to_disk``, or holding data files), or a Hugging Face Hub dataset
+    (``name[:config][@split]``; ``@split`` wins over ``split``). Rows are read in any shape of
+    tasks/formats.py (GSM8K, MATH, MAWPS, SVAMP, AIME), or by the ``fields`` the user named;
+    ``id`` and ``kind`` are optional (defaults: "<stem>-<index>" and the file stem). Raises
+    DataError (one line)."""
     if limit is not None and limit < 1:
         raise ValueError(f"limit must be a positive integer or None, got {limit}")
-    if source in BUILTIN:
-        steps = BUILTIN[source]
-        return builtin_problems(split, limit, steps) if split == "train" else builtin_problems(split, None, steps)[:limit]
-    path = os.path.expanduser(source)
-    ext = os.path.splitext(path)[1].lower()
-    looks_local = ext in _FILE_TYPES or path.startswith(("/", "./", "../", "~"))
-    if looks_local and not os.path.exists(path):
-        raise DataError(f"problem file not found: {source}; check the path, or use 'builtin'")
-    if os.path.isfile(path):
-        if ext not in _FILE_TYPES:
-            raise DataError(f"{source}: unsupported problem file type {ext or '(none)'!r}; "
-                            f"use {', '.join(_FILE_TYPES)} or a folder written by Dataset.save_to_disk")
-        stem = os.path.splitext(os.path.basename(path))[0]
-        rows = _read_jsonl(path) if ext == ".jsonl" else _read_json(path) if ext == ".json" \
-            else _read_with_datasets(source, split, path)
-    elif os.path.isdir(path):  # a save_to_disk folder, or a folder of data files
-        stem, rows = os.path.basename(os.path.abspath(path)), _read_with_datasets(source, split, path)
-    else:
-        stem, rows = source.rstrip("/").split("/")[-1], _read_hub(source, split)
-    problems = [_to_problem(rec, where, f"{stem}-{i}", stem) for i, (where, rec) in enumerate(rows)]
+    name, config, named_split = parse_source(source)
+    split = named_split or split
+    if name in BUILTIN:
+        steps = BUILTIN[name]
+        got = builtin_problems(split, limit, steps) if split == "train" else builtin_problems(split, None, steps)[:limit]
+        return ProblemSet(got, summary_line(source, f"generated word problems ({split} split)", got))
+    stem, rows = _read_rows(source, name, config, named_split, split)
+    problems, shape = [], ""
+    for i, (where, rec) in enumerate(rows):
+        row_shape, text, gold = read_row(rec, fields or FieldSpec(), where)
+        shape = shape or row_shape.describe()
+        problems.append(Problem(row_id(rec, stem, i), text, gold, row_kind(rec, stem)))
     if not problems:
         raise DataError(f"{source}: no problems found; add records like "
                         '{"problem": "...", "answer": "..."}')
@@ -207,11 +221,32 @@ def load_problems(source: str, split: str = "train", limit: int | None = None) -
         if seen.setdefault(p.id, i) != i:
             raise DataError(f"{source}: duplicate id {p.id!r} (records {seen[p.id]} and {i}); "
                             "make ids unique or drop the id field")
-    return problems[:limit]
+    return ProblemSet(problems[:limit], summary_line(source, shape, problems[:limit]))
 
 
-_TOO_LONG = (f"a number has more than {sys.get_int_max_str_digits()} digits (Python's limit); "
-             "write a very long answer as a string, in quotes")
+def _read_rows(source: str, name: str, config: str | None, named_split: str | None,
+               split: str) -> tuple[str, list[tuple[str, object]]]:
+    """(stem, [(where, row)]) of a file, a folder or a Hub set; ``:config`` fits the Hub only and
+    ``@split`` folders and the Hub only (a file is one split)."""
+    path = os.path.expanduser(name)
+    ext = os.path.splitext(path)[1].lower()
+    looks_local = ext in _FILE_TYPES or path.startswith(("/", "./", "../", "~"))
+    if looks_local and not os.path.exists(path):
+        raise DataError(f"problem file not found: {source}; check the path, or use 'builtin'")
+    if config and os.path.exists(path):
+        raise DataError(f"{source}: ':{config}' names a config of a Hub dataset; a local file or folder has none")
+    if os.path.isfile(path):
+        if named_split:
+            raise DataError(f"{source}: a file is one split; drop '@{named_split}' (or save a DatasetDict folder)")
+        if ext not in _FILE_TYPES:
+            raise DataError(f"{source}: unsupported problem file type {ext or '(none)'!r}; "
+                            f"use {', '.join(_FILE_TYPES)} or a folder written by Dataset.save_to_disk")
+        stem = os.path.splitext(os.path.basename(path))[0]
+        return stem, _read_jsonl(path) if ext == ".jsonl" else _read_json(path) if ext == ".json" \
+            else _read_with_datasets(name, split, path)
+    if os.path.isdir(path):  # a save_to_disk folder, or a folder of data files
+        return os.path.basename(os.path.abspath(path)), _read_with_datasets(name, split, path)
+    return name.rstrip("/").split("/")[-1], _read_hub(name, config, split)
 
 
 def _read_text(path: str) -> str:
@@ -295,54 +330,21 @@ def _read_with_datasets(source: str, split: str, path: str) -> list[tuple[str, o
     return [(f"{where} {i}", dict(row)) for i, row in enumerate(ds)]
 
 
-def _read_hub(source: str, split: str) -> list[tuple[str, object]]:
-    """[(where, row)] from ``datasets.load_dataset(source, split=split)``; any failure -> DataError.
-    Without network, set HF_HUB_OFFLINE=1 to fail at once instead of after the Hub client's retries."""
+def _read_hub(source: str, config: str | None, split: str) -> list[tuple[str, object]]:
+    """[(where, row)] from ``datasets.load_dataset(source, config, split=split)``; any failure ->
+    DataError. Without network, set HF_HUB_OFFLINE=1 to fail at once instead of after the Hub
+    client's retries."""
     fix = "pass a local file (.json/.jsonl/.parquet/.csv), a folder (./name) or 'builtin'"
     if not _HUB_ID.fullmatch(source):
-        raise DataError(f"{source!r} is not a file and not a valid Hugging Face Hub dataset name; {fix}")
+        raise DataError(f"{source!r} is not a file and not a valid Hugging Face Hub dataset name "
+                        f"(NAME[:CONFIG][@SPLIT]); {fix}")
     datasets = _load_datasets()
+    named = f"{source}:{config}" if config else source
     try:
-        ds = datasets.load_dataset(source, split=split)
-    except Exception as e:  # network, missing repo, bad split, auth: all mean "not loadable"
+        ds = datasets.load_dataset(source, config, split=split)
+    except Exception as e:  # network, missing repo or config, bad split, auth: all mean "not loadable"
         msg = (str(e).strip().splitlines() or [""])[0][:200]
-        raise DataError(f"could not load {source!r} (split {split!r}): not a local file and not "
-                        f"loadable from the Hugging Face Hub ({type(e).__name__}: {msg}); {fix}") from None
-    return [(f"{source} [{split}] row {i}", dict(row)) for i, row in enumerate(ds)]
-
-
-def _to_problem(rec: object, where: str, default_id: str, default_kind: str) -> Problem:
-    """Validate one record and build a Problem; errors name ``where`` and the accepted fields."""
-    if not isinstance(rec, dict):
-        raise DataError(f"{where}: expected a JSON object, got {type(rec).__name__}; "
-                        'write each record as {"problem": "...", "answer": "..."}')
-    key = next((k for k in _PROBLEM_KEYS if rec.get(k) is not None), None)
-    if key is None:
-        raise DataError(f"{where}: no problem text; put it in one of the fields "
-                        f"{', '.join(_PROBLEM_KEYS)}")
-    text = rec[key]
-    if not isinstance(text, str) or not text.strip():
-        raise DataError(f"{where}: field {key!r} must be a non-empty string, got {text!r:.40}")
-    if rec.get("answer") is None:
-        raise DataError(f"{where}: no 'answer' field; add the gold answer as \"answer\" "
-                        "(a string or a number)")
-    pid = rec.get("id")
-    return Problem(default_id if pid is None else str(pid), text.strip(),
-                   _answer_str(rec["answer"], where), str(rec.get("kind") or default_kind))
-
-
-def _answer_str(v: object, where: str) -> str:
-    """Gold answer as a string: 142.0 -> "142", 23 -> "23", "023" kept as given."""
-    if isinstance(v, bool) or not isinstance(v, (str, int, float)):
-        raise DataError(f"{where}: 'answer' must be a string or a number, got {type(v).__name__}")
-    if isinstance(v, float):
-        if v != v or v in (float("inf"), float("-inf")):
-            raise DataError(f"{where}: 'answer' is {v}; give a finite number or a string")
-        return str(int(v)) if v.is_integer() else repr(v)
-    try:
-        s = str(v).strip()
-    except ValueError:  # an int past Python's digit limit (e.g. from a Hub dataset)
-        raise DataError(f"{where}: 'answer' {_TOO_LONG}") from None
-    if not s:
-        raise DataError(f"{where}: 'answer' is empty; give the gold answer")
-    return s
+        raise DataError(f"could not load {named!r} (split {split!r}): not a local file and not "
+                        f"loadable from the Hugging Face Hub ({type(e).__name__}: {msg}); a config "
+                        f"and split go as NAME:CONFIG@SPLIT (openai/gsm8k:main@test); {fix}") from None
+    return [(f"{named} [{split}] row {i}", dict(row)) for i, row in enumerate(ds)]

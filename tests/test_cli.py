@@ -111,7 +111,8 @@ def test_eval_base_vs_run_on_an_aime_file_then_show_and_plot(tiny_run, tmp_path,
     out, _ = tiny_run
     proc = run("eval.py", str(out), "--base", "--data", "examples/aime-sample.json", "--k", "1", "--limit", "2")
     assert proc.returncode == 0, proc.stderr[-2000:]
-    head = proc.stdout.splitlines()[0].split()
+    data, head = proc.stdout.splitlines()[0], proc.stdout.splitlines()[1].split()
+    assert data.startswith("data examples/aime-sample.json: plain (problem -> answer), 5 rows; e.g. ")  # issue 27
     assert head == ["metric", "base", out.name, "Δ", out.name]
     for key in ("pass@1", "format/boxed", "coach/judge_auc", "verifier/score_mean", "aime-sample/accuracy"):
         assert key in proc.stdout, key
