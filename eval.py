@@ -31,7 +31,7 @@ from coach_api import CoachGuard, make_coach
 from config import INT_MAX, Config, OneLineParser, UserError, check_device, check_range, fail, load_config
 from reward import grade
 from rollout import Episode, new_episodes, rollout
-from runlog import episode_record, mean, rollout_metrics
+from runlog import episode_record, judge_auc, mean, rollout_metrics
 from tasks import DataError, load_tasks, workspace
 from tasks.formats import FORMATS, FieldSpec
 
@@ -125,10 +125,7 @@ def judge_metrics(episodes: list[Episode], final: str, threshold: float = JUDGE_
              if (a := ep.final_action(final)) is not None and a.score is not None]
     right = [s for s, ok in pairs if ok]
     wrong = [s for s, ok in pairs if not ok]
-    auc = float("nan")
-    if right and wrong:  # sklearn's ROC AUC is this U statistic, by sorting: O(n log n), not pairwise
-        from sklearn.metrics import roc_auc_score
-        auc = float(roc_auc_score([ok for _, ok in pairs], [s for s, _ in pairs]))
+    auc = judge_auc(episodes, final)
     return {"coach/judge_accuracy": mean([float((s >= threshold) == ok) for s, ok in pairs]),
             "coach/judge_auc": auc, "coach/score_correct": mean(right), "coach/score_wrong": mean(wrong)}
 

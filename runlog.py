@@ -31,6 +31,10 @@ def rollout_metrics(episodes: list[Episode], agents, coached: bool = True) -> di
          "episode/count": len(episodes)}
     if episodes and episodes[0].workdir is not None:  # data task: success rate, metric means, fair means
         m |= {f"data/{k}": v for k, v in workspace.outcome_summary(episodes).items()}
+    elif episodes:  # math: the grader reads only the final agent's \boxed{} (a format the team must learn)
+        m["format/boxed"] = mean([float(ep.answer is not None) for ep in episodes])
+    if coached:  # does the coach still tell right from wrong? (coach bias shows as this falling)
+        m["coach/judge_auc"] = judge_auc(episodes, agents[-1].name)
     for agent in agents:
         acts = [a for ep in episodes for a in ep.actions if a.agent == agent.name]
         p = agent.name + "/"
@@ -46,6 +50,18 @@ def rollout_metrics(episodes: list[Episode], agents, coached: bool = True) -> di
     return m
 
 
+def judge_auc(episodes: list[Episode], final: str) -> float:
+    """The coach as a judge: P(the final agent's score in a correct episode > in a wrong one), ties
+    half (Mann-Whitney U = sklearn's roc_auc_score; naive: mean([r > w] + 0.5 [r == w] for r in
+    right for w in wrong)). 0.5 is chance; nan unless both outcomes occur among scored actions."""
+    pairs = [(a.score, bool(ep.correct)) for ep in episodes
+             if (a := ep.final_action(final)) is not None and a.score is not None]
+    if len({ok for _, ok in pairs}) < 2:
+        return float("nan")
+    from sklearn.metrics import roc_auc_score  # lazy: only where a coach ran
+    return float(roc_auc_score([ok for _, ok in pairs], [s for s, _ in pairs]))
+
+
 def json_safe(metrics: dict) -> dict:
     """NaN and infinities become null: bare NaN is not JSON (json.dumps writes it; strict readers fail)."""
     return {k: None if isinstance(v, float) and not math.isfinite(v) else v for k, v in metrics.items()}
@@ -53,7 +69,9 @@ def json_safe(metrics: dict) -> dict:
 
 def format_table(metrics: dict, agents) -> str:
     """The per-agent console table for one step."""
-    head = (f"step {metrics['step']}  accuracy {metrics['episode/accuracy']:.3f}  "
+    extra = "".join(f"{label} {metrics[key]:.3f}  " for label, key in (("boxed", "format/boxed"), ("coach AUC", "coach/judge_auc"))
+                    if isinstance(metrics.get(key), float) and not math.isnan(metrics[key]))
+    head = (f"step {metrics['step']}  accuracy {metrics['episode/accuracy']:.3f}  {extra}"
             f"time {metrics['time/step']:.1f}s (rollout {metrics['time/rollout']:.1f}, "
             f"coach {metrics['time/coach']:.1f}, update {metrics['time/update']:.1f})")
     width = max(len(a.name) for a in agents) + 2

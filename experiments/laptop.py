@@ -4,11 +4,12 @@
     python -m experiments.laptop --arms process,outcome,mixed --seeds 3
     python -m experiments.laptop --steps 5 --seeds 1 --problems 8 --k 1   # a quick look
 
-Each (arm, seed) is one `python train.py --preset laptop --reward ARM --seed S` run: the pretrained
-laptop model (tiny/pretrain.py), three LoRA adapters, the same base with adapters off as the coach
-(logit mode), code run in the sandbox. Then `eval.py RUNS --base` evaluates the untrained pipeline
-and every trained team on the same held-out problems (avg@k at T 0.6). Runs go `--jobs` at a time,
-one torch thread each (two busy cores: more threads only fight).
+Each (arm, seed) is one `python train.py --preset laptop --reward ARM --seed S` run: the real
+Qwen2.5-Coder-0.5B-Instruct with three LoRA adapters, the 1.5B of the same family as the coach
+(logit mode, never trained), code run in the sandbox. Then `eval.py RUNS --base` evaluates the
+untrained pipeline and every trained team on the same held-out problems (avg@k at T 0.6; the coach
+scores them too with --eval-coach). Runs go `--jobs` at a time (default 1: a 2-core laptop is
+busy with one run).
 
 Writes results/laptop/: summary.json and summary.md (held-out accuracy per arm, mean and spread over
 seeds; rollouts until the training accuracy first reaches --target; the coach's view of the final
@@ -27,7 +28,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def run(cmd: list[str], log: Path) -> subprocess.Popen:
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
     return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log.open("w"), stderr=subprocess.STDOUT)
 
 
@@ -143,11 +144,12 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m experiments.laptop", description=__doc__.split("\n")[0])
     p.add_argument("--arms", default="process", help="comma-separated rewards: process, outcome, mixed")
     p.add_argument("--seeds", default="3", help="seeds per arm (0, 1, ...): one number, or one per arm (e.g. 3,2,1)")
-    p.add_argument("--steps", type=int, default=60, help="training steps per run (the preset's default)")
+    p.add_argument("--steps", type=int, default=20, help="training steps per run (the preset's default)")
     p.add_argument("--problems", type=int, default=100, help="held-out problems for the evaluation")
     p.add_argument("--k", type=int, default=4, help="samples per held-out problem")
     p.add_argument("--target", type=float, default=0.3, help="training accuracy for 'rollouts to target'")
-    p.add_argument("--jobs", type=int, default=2, help="runs at once (one thread each)")
+    p.add_argument("--jobs", type=int, default=1, help="runs at once")
+    p.add_argument("--eval-coach", action="store_true", help="let the coach score the eval episodes too (slower)")
     p.add_argument("--out", default="results/laptop", help="results folder")
     p.add_argument("train_args", nargs="*", help="extra train.py flags after --, e.g. -- --lr 1e-3")
     args = p.parse_args(argv)
@@ -167,7 +169,7 @@ def main(argv=None) -> int:
     train_all(runs, args)
     print("[laptop] evaluating the untrained pipeline and every trained team", file=sys.stderr, flush=True)
     cmd = [sys.executable, "eval.py", *[str(d) for _, _, d in runs], "--base", "--limit", str(args.problems),
-           "--k", str(args.k)]
+           "--k", str(args.k)] + ([] if args.eval_coach else ["--no-coach"])
     if run(cmd, out / "eval.log").wait():
         raise SystemExit(f"eval.py failed; see {out / 'eval.log'}")
     result = summarize(runs, args) | {"settings": {k: v for k, v in vars(args).items()}}
