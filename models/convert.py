@@ -25,7 +25,6 @@ from models.transport import sha256_file
 def load_gguf(gguf: Path, dtype):
     """(tokenizer, model) straight from the GGUF, every tensor dequantised (never the packed path,
     which would fetch a kernel from the Hub)."""
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from transformers import AutoModelForCausalLM, AutoTokenizer, GgufConfig
     from transformers.utils import logging as hf_logging
 
@@ -33,6 +32,8 @@ def load_gguf(gguf: Path, dtype):
     import transformers.modeling_gguf_pytorch_utils as reader
     bar = getattr(reader, "tqdm", None)  # the reader's per-tensor bar: noise in a log, silenced for the load
     reader.tqdm = lambda items, **_: items
+    offline = os.environ.get("HF_HUB_OFFLINE")  # a local file: no reason to ask the Hub anything
+    os.environ["HF_HUB_OFFLINE"] = "1"
     try:
         tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
         model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=dtype,
@@ -42,6 +43,10 @@ def load_gguf(gguf: Path, dtype):
     finally:
         if bar is not None:
             reader.tqdm = bar
+        if offline is None:
+            os.environ.pop("HF_HUB_OFFLINE", None)
+        else:
+            os.environ["HF_HUB_OFFLINE"] = offline
     return tokenizer, model
 
 
