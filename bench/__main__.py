@@ -47,7 +47,7 @@ def parse(argv=None) -> argparse.Namespace:
     if args.four_bit is None:
         args.four_bit = args.device.startswith("cuda")
     args.reps = args.reps or (2 if args.quick else 5)
-    import tiny
+    from models import tiny
     known = set(tiny.SIZES) | set(GPU_SIZES)
     args.sizes = [s for s in (args.sizes or ("tiny" if args.quick else ",".join([*tiny.SIZES, *GPU_SIZES]))).split(",") if s]
     names = {"rollout", "coach", "step", "memory", "sizes", "sandbox"}

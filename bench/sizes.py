@@ -113,7 +113,7 @@ def measure_size(size: str, device: str, *, batch: int, prompt_tokens: int, new_
     """With 3 adapters on one base: generation tokens/s (batch x new_tokens, fixed length), seconds
     per update of one agent on `batch` actions of prompt_tokens + new_tokens, and peak memory;
     then at this size the batch speed-up of generation and the logit-vs-generate coach ratio."""
-    import tiny
+    from models import tiny
     from agents import MATH, add_adapters, load_base, make_optimizers
     from config import Config
     from train import update_agent

@@ -5,7 +5,7 @@
     python -m experiments.laptop --steps 5 --seeds 1 --problems 8 --k 1   # a quick look
 
 Each (arm, seed) is one `python train.py --preset laptop --reward ARM --seed S` run: the pretrained
-laptop model (tiny/pretrain.py), three LoRA adapters, the same base with adapters off as the coach
+preset's model (models/, docs/models.md), three LoRA adapters, the same base with adapters off as the coach
 (logit mode), code run in the sandbox. Then `eval.py RUNS --base` evaluates the untrained pipeline
 and every trained team on the same held-out problems (avg@k at T 0.6). Runs go `--jobs` at a time,
 one torch thread each (two busy cores: more threads only fight).
