@@ -66,6 +66,8 @@ def main(argv=None) -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     measure.set_clock(args.clock)
+    if args.device.startswith("cuda:"):  # the default device of every torch.cuda call and cache (issue 29)
+        torch.cuda.set_device(torch.device(args.device))
     if args.child:
         print("BENCH_CHILD " + json.dumps(sizes.run_child(args)), flush=True)
         return

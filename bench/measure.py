@@ -30,8 +30,8 @@ def peak_memory_mb(device: str) -> float:
     """Peak memory since the last reset_peak, in MiB: CUDA max_memory_allocated, else the
     process's peak RSS (VmHWM; ru_maxrss would carry the parent's peak into a child: Linux keeps
     it across fork and exec)."""
-    if device.startswith("cuda"):
-        return torch.cuda.max_memory_allocated() / 2**20
+    if device.startswith("cuda"):  # the device named, never the current one (GPU 0 unless set_device)
+        return torch.cuda.max_memory_allocated(torch.device(device)) / 2**20
     try:
         with open("/proc/self/status") as f:
             return next(int(ln.split()[1]) for ln in f if ln.startswith("VmHWM:")) / 1024
@@ -42,8 +42,8 @@ def peak_memory_mb(device: str) -> float:
 def reset_peak(device: str) -> None:
     """Start a new peak: CUDA's counters, or the RSS high-water mark (Linux >= 4.0, proc(5) clear_refs)."""
     if device.startswith("cuda"):
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
+        torch.cuda.synchronize(torch.device(device))
+        torch.cuda.reset_peak_memory_stats(torch.device(device))
         return
     try:
         with open("/proc/self/clear_refs", "w") as f:
@@ -62,7 +62,7 @@ def repeat(fns: dict, reps: int, warmup: int = 1, device: str = "cpu") -> dict[s
             t0 = now()
             out = fn()
             if device.startswith("cuda"):
-                torch.cuda.synchronize()
+                torch.cuda.synchronize(torch.device(device))
             out.setdefault("seconds", now() - t0)
             if i >= warmup:
                 runs[name].append(out)

@@ -156,7 +156,7 @@ def measure_size(size: str, device: str, *, batch: int, prompt_tokens: int, new_
            "update_s": measure.spread(measure.seconds(runs["update"])), "baseline_mb": round(baseline),
            "peak_mb": round(measure.peak_memory_mb(device))}
     if device.startswith("cuda"):  # what the caching allocator held: what a card must have free
-        out["reserved_mb"] = round(torch.cuda.max_memory_reserved() / 2**20)
+        out["reserved_mb"] = round(torch.cuda.max_memory_reserved(torch.device(device)) / 2**20)
     # The two speed ratios of the targets at this size (peak memory is already taken above):
     # batch-`batch` generation vs one sequence at a time, and a logit-coach pass (one forward,
     # logits of the last 2 positions) vs a coach writing a coach_tokens rationale.
