@@ -39,6 +39,23 @@ def peak_memory_mb(device: str) -> float:
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+def peak_reserved_mb(device: str) -> float:
+    """CUDA max_memory_reserved since the last reset_peak, in MiB: what the caching allocator held,
+    i.e. what the card must have free (allocated plus fragmentation); elsewhere the peak RSS."""
+    if device.startswith("cuda"):
+        return torch.cuda.max_memory_reserved(torch.device(device)) / 2**20
+    return peak_memory_mb(device)
+
+
+def context_mb(device: str) -> float | None:
+    """Device memory in use outside torch's allocator, in MiB: the CUDA context and library handles
+    (total - free - reserved; other processes on the card count too). None off CUDA."""
+    if not device.startswith("cuda"):
+        return None
+    free, total = torch.cuda.mem_get_info(torch.device(device))
+    return (total - free - torch.cuda.memory_reserved(torch.device(device))) / 2**20
+
+
 def reset_peak(device: str) -> None:
     """Start a new peak: CUDA's counters, or the RSS high-water mark (Linux >= 4.0, proc(5) clear_refs)."""
     if device.startswith("cuda"):
