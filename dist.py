@@ -70,9 +70,7 @@ def init(device: str) -> str:
     --num_processes N` starts ONE process (SPEC §6); use --multi_gpu, which works on CPU too."""
     launched = int(os.environ.get("WORLD_SIZE", "1")) > 1
     cuda = torch.cuda.is_available() and device != "cpu"
-    if cuda and (launched or device.startswith("cuda:")):
-        device = rank_device(device, os.environ, torch.cuda.device_count()) if launched else device
-        torch.cuda.set_device(torch.device(device))
+    device = use_device(rank_device(device, os.environ, torch.cuda.device_count()) if cuda and launched else device)
     if not launched or td.is_initialized():
         return device
     td.init_process_group("nccl" if cuda else "gloo", timeout=TIMEOUT)
@@ -80,11 +78,19 @@ def init(device: str) -> str:
     return device
 
 
+def use_device(device: str) -> str:
+    """Make a cuda:N device the current one (torch.cuda.set_device), so that every torch.cuda call
+    without a device -- memory counters, synchronize, empty_cache, bitsandbytes' kernels, the RNG a
+    checkpoint saves -- means it, not GPU 0. Returns device. (eval.py and the bench call it too.)"""
+    if device.startswith("cuda:") and torch.cuda.is_available():
+        torch.cuda.set_device(torch.device(device))
+    return device
+
+
 def rank_device(device: str, env, gpus: int) -> str:
     """The GPU of this rank under a launcher: cuda:$LOCAL_RANK. A --device cuda:N is refused (one
-    line) rather than kept: every rank gets the same flags, so one N would put all ranks on one GPU
-    (NCCL then fails), and picking the GPUs is CUDA_VISIBLE_DEVICES' job. cuda:N equal to every
-    rank's LOCAL_RANK cannot happen with two ranks or more, so there is nothing to honour."""
+    line), neither kept nor silently replaced: every rank gets the same flags, so one N would put all
+    ranks on one GPU (NCCL then fails); choosing the GPUs is CUDA_VISIBLE_DEVICES' job."""
     from config import UserError
 
     local = int(env.get("LOCAL_RANK", "0"))

@@ -7,6 +7,7 @@ import time
 
 import torch
 
+import dist
 from bench import measure, report, rows, sizes
 from bench.sizes import GPU_SIZES
 
@@ -81,8 +82,7 @@ def main(argv=None) -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     measure.set_clock(args.clock)
-    if args.device.startswith("cuda:"):  # the default device of every torch.cuda call and cache (issue 29)
-        torch.cuda.set_device(torch.device(args.device))
+    dist.use_device(args.device)  # cuda:N: the default device of every torch.cuda call and cache (issue 29)
     if args.child:
         from bench import defaults
         row7 = args.child.startswith("defaults:")  # row 7's child (bench/defaults.py), else rows 4-5's

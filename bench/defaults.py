@@ -196,11 +196,13 @@ def make_ctx(size: str, device: str, settings: "plan.Settings", four_bit: bool, 
     return ctx
 
 
-def cap_memory(device: str, cap_gib: float) -> None:
-    """Let torch's allocator use at most cap_gib on this card (e.g. 24: a consumer card's memory on an H100)."""
+def cap_memory(device: str, cap_gib: float, context_mb: float) -> None:
+    """Make this card behave as one of cap_gib (e.g. 24 on an H100): torch's allocator may use
+    cap_gib less the CUDA context, which a real card of that size must hold too."""
     if cap_gib and device.startswith("cuda"):
         total = torch.cuda.get_device_properties(torch.device(device)).total_memory
-        torch.cuda.set_per_process_memory_fraction(min(1.0, cap_gib * plan.GIB / total), torch.device(device))
+        allowed = cap_gib * plan.GIB - context_mb * 2**20
+        torch.cuda.set_per_process_memory_fraction(min(1.0, allowed / total), torch.device(device))
 
 
 def measure_defaults(size: str, device: str, settings: "plan.Settings", *, scope: str = "peak", steps: int = 2,
@@ -210,12 +212,14 @@ def measure_defaults(size: str, device: str, settings: "plan.Settings", *, scope
     estimate for the same settings. An out-of-memory phase is reported, not raised."""
     if device.startswith("cuda"):
         torch.zeros(1, device=device)  # the context exists from here on
-    cap_memory(device, cap_gib)
     context = measure.context_mb(device)
+    cap_memory(device, cap_gib, context or 0.0)
     ctx = make_ctx(size, device, settings, four_bit, lengths)
     out = {"size": size, "scope": scope, "device": device, "4bit": four_bit, "cap_gib": cap_gib,
            "settings": dict(vars(settings)), "lengths": ctx.lengths, "params_m": ctx.params_m, "build_s": ctx.build_s,
            "steps": []}
+    if device.startswith("cuda"):  # weights + adapters before any step: bench/plan.py's "weights" less AdamW
+        out["resident_mb"] = round(torch.cuda.memory_allocated(torch.device(device)) / 2**20)
     for _ in range(steps):
         try:
             out["steps"].append(one_step(ctx, scope))
@@ -295,7 +299,7 @@ def report_row(x: dict) -> tuple[str, str, str, float | None]:
             + (f", capped {x['cap_gib']:g} GiB" if x["cap_gib"] else "") + ")")
     unit = "MiB reserved" if x["device"].startswith("cuda") else "MiB peak RSS"
     mb = ", ".join(f"{k} {x['mb'][k]['reserved']}" for k in PHASES if k in x["mb"])
-    ctx = f"; context {x['context_mb']['end']} MiB" if "context_mb" in x else ""
+    ctx = f"; context {x['context_mb']['end']}, resident {x.get('resident_mb')} MiB" if "context_mb" in x else ""
     secs = ", ".join(f"{st['step_s']:.1f}" for st in x["steps"])
     ours = f"{unit}: {mb}{ctx}; s/step: {secs}" + (f" (full default step, derived: {x['derived_step_s']:.0f} s)"
                                                    if "derived_step_s" in x else "")

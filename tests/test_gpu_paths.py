@@ -144,6 +144,11 @@ def test_init_alone_with_cuda_n_makes_it_the_current_device(gpus):
     assert gpus == {"set_device": ["cuda:1"], "group": []}
 
 
+def test_eval_and_the_bench_make_their_cuda_n_current_too(gpus):
+    assert dist.use_device("cuda:1") == "cuda:1" and dist.use_device("cuda") == "cuda"
+    assert gpus["set_device"] == ["cuda:1"]
+
+
 @pytest.mark.parametrize("device", ["auto", "cuda", "cpu"])
 def test_init_alone_otherwise_changes_nothing(gpus, device):
     assert dist.init(device) == device
