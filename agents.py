@@ -15,6 +15,8 @@ from pathlib import Path
 
 import torch
 
+from models.catalogue import ModelLoadError  # noqa: F401  (re-exported: train.py and eval.py catch it)
+
 # Keep the console for the training table: bitsandbytes logs that an optional CPU kernel package
 # is absent, and peft calls a transformers property deprecated in v5 on every forward.
 logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
@@ -118,14 +120,12 @@ class _Missing(dict):
 
 
 def resolve_model(name: str) -> str:
-    """Map "tiny"/"tiny-50m" to a locally built folder and "laptop" to the shipped pretrained one;
-    Hub names and folders pass through."""
-    import tiny
-    if name == "laptop":
-        if not (tiny.LAPTOP_DIR / "model.safetensors").exists():
-            raise ModelLoadError(f"the laptop model is not in {tiny.LAPTOP_DIR}; build it with: python -m tiny pretrain")
-        return str(tiny.LAPTOP_DIR)
-    return str(tiny.ensure_tiny_model(name)) if name in tiny.SIZES else name
+    """Map a built model's name to its folder: "tiny"/"tiny-50m" (random, built in a second) and the
+    catalogue's real models (`python -m models list`; built once from pinned registry wheels, then
+    offline). Hub names and folders pass through. config.json keeps the name, so eval and --resume
+    find the folder again."""
+    from models.build import resolve
+    return resolve(name)
 
 
 def guard_bnb_cpu_repack(model) -> int:
@@ -186,10 +186,6 @@ def load_base(model_name: str, load_in_4bit: bool | None = None, device: str = "
     guard_bnb_cpu_repack(model)
     model.requires_grad_(False)
     return tokenizer, model
-
-
-class ModelLoadError(RuntimeError):
-    """The model name or folder cannot be loaded."""
 
 
 def add_adapters(model, agents, r: int = 16, alpha: int = 32, dropout: float = 0.0,

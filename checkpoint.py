@@ -25,6 +25,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+import dist
+
 STEP_DIR = re.compile(r"^step_(\d{6})$")
 RUN_FILES = ("checkpoints", "adapters", "metrics.jsonl", "samples.jsonl", "eval.json", "eval-base.json",
              "eval-episodes.jsonl", "eval-base-episodes.jsonl", "curves.png")
@@ -127,13 +129,10 @@ class TaskSampler:
 
 def rng_state() -> dict:
     """Every RNG's state as tensors and plain values only (numpy's key array as a list of ints), so
-    a checkpoint loads with torch.load(weights_only=True)."""
+    a checkpoint loads with torch.load(weights_only=True). CUDA: this process's device only (dist.py)."""
     name, keys, pos, has_gauss, cached = np.random.get_state()
-    state = {"python": random.getstate(), "numpy": (name, [int(k) for k in keys], int(pos), int(has_gauss),
-                                                     float(cached)), "torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
+    return {"python": random.getstate(), "numpy": (name, [int(k) for k in keys], int(pos), int(has_gauss),
+                                                    float(cached)), "torch": torch.get_rng_state(), **dist.cuda_rng_state()}
 
 
 def set_rng_state(state: dict) -> None:
@@ -141,8 +140,7 @@ def set_rng_state(state: dict) -> None:
     name, keys, *rest = state["numpy"]
     np.random.set_state((name, np.asarray(keys, dtype=np.uint32), *rest))
     torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+    dist.set_cuda_rng_state(state)
 
 
 def file_size(path: Path) -> int:
@@ -218,7 +216,8 @@ def read_state(ckpt: Path) -> dict:
     from config import UserError
 
     try:
-        return torch.load(Path(ckpt) / "state.pt", weights_only=True)
+        # cpu: else every rank of a launcher stages the optimiser state on GPU 0 (issue 29)
+        return torch.load(Path(ckpt) / "state.pt", weights_only=True, map_location="cpu")
     except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError) as e:
         first = (str(e).strip().splitlines() or [type(e).__name__])[0][:160]
         raise UserError(f"state.pt holds more than tensors and plain values: refused, use a checkpoint this "

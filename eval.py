@@ -275,7 +275,7 @@ def eval_column(name: str, run_dir: Path, cfg: Config, base: bool, args, loaded:
         gc.collect()  # free the previous run's model before loading the next
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
-        tokenizer, model = load_base(cfg.model, cfg.load_in_4bit, cfg.device)
+        tokenizer, model = load_base(cfg.model, cfg.load_in_4bit, dist.use_device(cfg.device))  # cuda:N current
         trained = (run_dir / "adapters").is_dir()
         model = add_adapters(model, agents, r=cfg.lora_r, alpha=cfg.lora_alpha,
                              init_from=run_dir / "adapters" if trained else None)

@@ -7,6 +7,7 @@ import time
 
 import torch
 
+import dist
 from bench import measure, report, rows, sizes
 from bench.sizes import GPU_SIZES
 
@@ -34,7 +35,18 @@ def parse(argv=None) -> argparse.Namespace:
     p.add_argument("--new-tokens", type=int, default=0, help="row 5 generated length (default: 64 CPU, 512 GPU)")
     p.add_argument("--4bit", dest="four_bit", action=argparse.BooleanOptionalAction, default=None,
                    help="4-bit NF4 base (default: on with CUDA)")
-    p.add_argument("--only", default="", help="rows to run, comma-separated: rollout,coach,step,memory,sizes,sandbox")
+    p.add_argument("--only", default="", help="rows to run, comma-separated: rollout,coach,step,memory,sizes,sandbox,defaults")
+    p.add_argument("--defaults-sizes", default="1.5b,7b", help="row 7 (a step at train.py's defaults): 1.5b, 7b "
+                   "(CUDA), toy (a tiny shape, CPU)")
+    p.add_argument("--scope", default="peak", choices=["peak", "full"], help="row 7: each phase's largest chunk "
+                   "(peak) or a whole default step (full)")
+    p.add_argument("--steps", type=int, default=2, help="row 7: steps per size")
+    p.add_argument("--cap-gib", type=float, default=0.0, help="row 7: cap torch's allocator at this many GiB (24: "
+                   "a consumer card); 0: the whole card")
+    p.add_argument("--prefill-tokens", type=int, default=0, help="row 7: train.py's --prefill-tokens (0: its default)")
+    p.add_argument("--micro-batch-size", type=int, default=0, help="row 7: train.py's --micro-batch-size (0: its default)")
+    p.add_argument("--gpu-check", action="store_true", help="the prepared device check (bench/gpu_check.sh): row 7 "
+                   "for the 1.5B at the defaults and the 7B at the settings that fit, capped at 24 GiB")
     p.add_argument("--clock", default="wall", choices=["wall", "cpu"],
                    help="what rows 1-3 time: wall, or this process's CPU time (steadier on shared cores; use with --threads 1)")
     p.add_argument("--json", default="", help="also write every number to this file")
@@ -47,16 +59,20 @@ def parse(argv=None) -> argparse.Namespace:
     if args.four_bit is None:
         args.four_bit = args.device.startswith("cuda")
     args.reps = args.reps or (2 if args.quick else 5)
-    import tiny
+    from models import tiny
     known = set(tiny.SIZES) | set(GPU_SIZES)
     args.sizes = [s for s in (args.sizes or ("tiny" if args.quick else ",".join([*tiny.SIZES, *GPU_SIZES]))).split(",") if s]
-    names = {"rollout", "coach", "step", "memory", "sizes", "sandbox"}
-    args.only = set(args.only.split(",")) if args.only else names
-    for bad, what in ((set(args.sizes) - known, "--sizes"), (args.only - names, "--only")):
+    names = {"rollout", "coach", "step", "memory", "sizes", "sandbox", "defaults"}
+    args.only = {"defaults"} if args.gpu_check else set(args.only.split(",")) if args.only else names
+    args.defaults_sizes = [s for s in args.defaults_sizes.split(",") if s]
+    for bad, what in ((set(args.sizes) - known, "--sizes"), (args.only - names, "--only"),
+                      (set(args.defaults_sizes) - {*GPU_SIZES, "toy"}, "--defaults-sizes")):
         if bad:
             p.error(f"{what}: unknown {', '.join(sorted(bad))}")
-    if min(args.reps, args.batch, args.max_new_tokens) < 1 or args.threads < 0:
-        p.error("--reps, --batch and --max-new-tokens must be >= 1, --threads >= 0")
+    if min(args.reps, args.batch, args.max_new_tokens, args.steps) < 1 or args.threads < 0:
+        p.error("--reps, --batch, --max-new-tokens and --steps must be >= 1, --threads >= 0")
+    if min(args.cap_gib, args.prefill_tokens, args.micro_batch_size) < 0:
+        p.error("--cap-gib, --prefill-tokens and --micro-batch-size must be >= 0")
     return args
 
 
@@ -66,8 +82,12 @@ def main(argv=None) -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     measure.set_clock(args.clock)
+    dist.use_device(args.device)  # cuda:N: the default device of every torch.cuda call and cache (issue 29)
     if args.child:
-        print("BENCH_CHILD " + json.dumps(sizes.run_child(args)), flush=True)
+        from bench import defaults
+        row7 = args.child.startswith("defaults:")  # row 7's child (bench/defaults.py), else rows 4-5's
+        out = defaults.run_child(args, args.child.partition(":")[2]) if row7 else sizes.run_child(args)
+        print("BENCH_CHILD " + json.dumps(out), flush=True)
         return
     results, params, t0 = {}, None, time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="mappa-bench-") as tmp:
@@ -97,6 +117,10 @@ def main(argv=None) -> None:
         if "sizes" in args.only:
             print("[bench] sizes ...", file=sys.stderr, flush=True)
             results["sizes"] = sizes.size_rows(args)
+        if "defaults" in args.only:
+            from bench import defaults
+            print("[bench] defaults ...", file=sys.stderr, flush=True)
+            results["defaults"] = defaults.gpu_check(args) if args.gpu_check else defaults.rows(args)
         if "sandbox" in args.only:
             print("[bench] sandbox ...", file=sys.stderr, flush=True)
             results["sandbox"] = rows.bench_sandbox_row(args)

@@ -30,8 +30,8 @@ def peak_memory_mb(device: str) -> float:
     """Peak memory since the last reset_peak, in MiB: CUDA max_memory_allocated, else the
     process's peak RSS (VmHWM; ru_maxrss would carry the parent's peak into a child: Linux keeps
     it across fork and exec)."""
-    if device.startswith("cuda"):
-        return torch.cuda.max_memory_allocated() / 2**20
+    if device.startswith("cuda"):  # the device named, never the current one (GPU 0 unless set_device)
+        return torch.cuda.max_memory_allocated(torch.device(device)) / 2**20
     try:
         with open("/proc/self/status") as f:
             return next(int(ln.split()[1]) for ln in f if ln.startswith("VmHWM:")) / 1024
@@ -39,11 +39,28 @@ def peak_memory_mb(device: str) -> float:
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+def peak_reserved_mb(device: str) -> float:
+    """CUDA max_memory_reserved since the last reset_peak, in MiB: what the caching allocator held,
+    i.e. what the card must have free (allocated plus fragmentation); elsewhere the peak RSS."""
+    if device.startswith("cuda"):
+        return torch.cuda.max_memory_reserved(torch.device(device)) / 2**20
+    return peak_memory_mb(device)
+
+
+def context_mb(device: str) -> float | None:
+    """Device memory in use outside torch's allocator, in MiB: the CUDA context and library handles
+    (total - free - reserved; other processes on the card count too). None off CUDA."""
+    if not device.startswith("cuda"):
+        return None
+    free, total = torch.cuda.mem_get_info(torch.device(device))
+    return (total - free - torch.cuda.memory_reserved(torch.device(device))) / 2**20
+
+
 def reset_peak(device: str) -> None:
     """Start a new peak: CUDA's counters, or the RSS high-water mark (Linux >= 4.0, proc(5) clear_refs)."""
     if device.startswith("cuda"):
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
+        torch.cuda.synchronize(torch.device(device))
+        torch.cuda.reset_peak_memory_stats(torch.device(device))
         return
     try:
         with open("/proc/self/clear_refs", "w") as f:
@@ -62,7 +79,7 @@ def repeat(fns: dict, reps: int, warmup: int = 1, device: str = "cpu") -> dict[s
             t0 = now()
             out = fn()
             if device.startswith("cuda"):
-                torch.cuda.synchronize()
+                torch.cuda.synchronize(torch.device(device))
             out.setdefault("seconds", now() - t0)
             if i >= warmup:
                 runs[name].append(out)

@@ -61,7 +61,7 @@ def table(r: dict, args) -> list[list[str]]:
         add("step", "3 s per 1,000 generated tokens", ours, theirs, x.get("ratio"))
     if "memory" in r:
         one, three = r["memory"]["1"], r["memory"]["3"]
-        unit = "MiB (CUDA max allocated)" if args.device.startswith("cuda") else "MiB (peak RSS)"
+        unit = "MiB (CUDA max allocated; reserved in the line below)" if args.device.startswith("cuda") else "MiB (peak RSS)"
         if "error" in one or "error" in three:
             add("memory", f"4 peak memory, {unit}", three.get("error", ""), one.get("error", ""), None)
         else:
@@ -69,6 +69,9 @@ def table(r: dict, args) -> list[list[str]]:
                 f"3 adapters + coach: {three['peak_mb']:.0f} (+{three['peak_mb'] - three['baseline_mb']:.0f} over imports)",
                 f"1 adapter: {one['peak_mb']:.0f} (+{one['peak_mb'] - one['baseline_mb']:.0f} over imports)",
                 three["peak_mb"] / one["peak_mb"])
+            if args.device.startswith("cuda"):
+                add(None, "4 peak memory, MiB (CUDA max reserved: what the card must have free)",
+                    f"3 adapters + coach: {three['reserved_mb']:.0f}", f"1 adapter: {one['reserved_mb']:.0f}", None)
             bare = r["memory"].get("3:nocoach", {})
             if "peak_mb" in bare:
                 add(None, "4 peak memory, 3 adapters without the coach pass",
@@ -84,6 +87,9 @@ def table(r: dict, args) -> list[list[str]]:
             f"{x['prompt_tokens']}); update {fmt(x['update_s'])} s ({x['batch']} actions); {peak}",
             f"batch {x['batch']} vs 1: {x['batch_speedup']:.2f}x; coach {x['coach_tokens']}-token rationale vs "
             f"logit pass: {x['coach_ratio']:.2f}x", None)
+    for x in r.get("defaults", []):
+        from bench.defaults import report_row
+        add(None, *report_row(x)) if "error" not in x else add(None, f"7 defaults {x['size']}", x["error"], "", None)
     if "sandbox" in r:
         x = r["sandbox"]
         if "error" in x:

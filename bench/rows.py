@@ -87,7 +87,7 @@ def mappa_step(ctx, args, coach) -> dict:
         update_agent(ctx.model, agent.name, [a for _, a in items if a.agent == agent.name],
                      ctx.optimizers[agent.name], ctx.cfg)
     if ctx.model.device.type == "cuda":
-        torch.cuda.synchronize()
+        torch.cuda.synchronize(ctx.model.device)
     t3 = now()
     return {"seconds": t3 - t0, "tokens": action_tokens(eps), "rollout": t1 - t0, "coach": t2 - t1,
             "update": t3 - t2}

@@ -113,7 +113,7 @@ def measure_size(size: str, device: str, *, batch: int, prompt_tokens: int, new_
     """With 3 adapters on one base: generation tokens/s (batch x new_tokens, fixed length), seconds
     per update of one agent on `batch` actions of prompt_tokens + new_tokens, and peak memory;
     then at this size the batch speed-up of generation and the logit-vs-generate coach ratio."""
-    import tiny
+    from models import tiny
     from agents import MATH, add_adapters, load_base, make_optimizers
     from config import Config
     from train import update_agent
@@ -156,7 +156,7 @@ def measure_size(size: str, device: str, *, batch: int, prompt_tokens: int, new_
            "update_s": measure.spread(measure.seconds(runs["update"])), "baseline_mb": round(baseline),
            "peak_mb": round(measure.peak_memory_mb(device))}
     if device.startswith("cuda"):  # what the caching allocator held: what a card must have free
-        out["reserved_mb"] = round(torch.cuda.max_memory_reserved() / 2**20)
+        out["reserved_mb"] = round(torch.cuda.max_memory_reserved(torch.device(device)) / 2**20)
     # The two speed ratios of the targets at this size (peak memory is already taken above):
     # batch-`batch` generation vs one sequence at a time, and a logit-coach pass (one forward,
     # logits of the last 2 positions) vs a coach writing a coach_tokens rationale.
@@ -194,7 +194,8 @@ def memory_child(args, adapters: int, with_coach: bool) -> dict:
     measure.reset_peak(args.device)
     for _ in range(2):  # the second step runs with the optimiser state allocated
         run = rows.mappa_step(ctx, args, c)
-    return {"baseline_mb": baseline, "peak_mb": measure.peak_memory_mb(args.device), "tokens": run["tokens"]}
+    return {"baseline_mb": baseline, "peak_mb": measure.peak_memory_mb(args.device), "tokens": run["tokens"],
+            "reserved_mb": measure.peak_reserved_mb(args.device)}
 
 
 def child(args, spec: str) -> dict:
@@ -202,8 +203,9 @@ def child(args, spec: str) -> dict:
     cmd = [sys.executable, "-m", "bench", "--child", spec, "--device", args.device, "--model", args.model, "--reps", str(args.reps), "--batch", str(args.batch),
            "--max-new-tokens", str(args.max_new_tokens), "--threads", str(args.threads),
            "--prompt-tokens", str(args.prompt_tokens), "--new-tokens", str(args.new_tokens),
-           "--coach-tokens", str(args.coach_tokens),
-           "--4bit" if args.four_bit else "--no-4bit"]
+           "--coach-tokens", str(args.coach_tokens), "--scope", args.scope, "--steps", str(args.steps),
+           "--cap-gib", str(args.cap_gib), "--prefill-tokens", str(args.prefill_tokens),
+           "--micro-batch-size", str(args.micro_batch_size), "--4bit" if args.four_bit else "--no-4bit"]
     env = dict(os.environ)  # the repository on the path: `-m bench` works from any cwd (--model ./folder)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [ROOT, env.get("PYTHONPATH")]))
     if spec.startswith("memory"):

@@ -33,6 +33,7 @@ def grpo_step_runs(model_name: str, device: str, load_in_4bit: bool, prompts: li
     from agents import load_base
 
     tokenizer, base = load_base(model_name, load_in_4bit, device)
+    mixed = peer_precision(base)
     counted: list[int] = []
 
     def dummy_reward(prompts, completions, completion_ids, **_):
@@ -58,7 +59,7 @@ def grpo_step_runs(model_name: str, device: str, load_in_4bit: bool, prompts: li
         output_dir=out_dir, per_device_train_batch_size=batch, gradient_accumulation_steps=1,
         num_generations=num_generations, max_completion_length=max_completion_length, temperature=1.0,
         top_k=0, top_p=1.0, beta=beta, learning_rate=lr, num_iterations=1, max_steps=steps,
-        gradient_checkpointing=gradient_checkpointing, bf16=on_cuda, use_cpu=not on_cuda, seed=0,
+        gradient_checkpointing=gradient_checkpointing, **mixed, use_cpu=not on_cuda, seed=0,
         logging_steps=10**6, report_to=[], save_strategy="no", disable_tqdm=True, shuffle_dataset=False,
         dataloader_num_workers=0, max_grad_norm=1.0, weight_decay=0.0, lr_scheduler_type="constant")
     dataset = Dataset.from_list([{"prompt": p} for p in prompts] * (steps + 1))
@@ -72,3 +73,11 @@ def grpo_step_runs(model_name: str, device: str, load_in_4bit: bool, prompts: li
     if on_cuda:
         torch.cuda.empty_cache()
     return runs
+
+
+def peer_precision(base) -> dict:
+    """TRL's mixed-precision flags for the dtype the MAPPA side computes in: the base's own dtype as
+    agents.load_base chose it (bf16 on a GPU by default; whatever --dtype asks), so both sides run
+    the same precision (issue 29: the peer ran bf16 autocast while MAPPA's dtype was another)."""
+    dtype = base.dtype
+    return {"bf16": dtype == torch.bfloat16, "fp16": dtype == torch.float16}

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import torch
 
-import tiny
+from models import tiny
 from agents import Agent
 from config import PRESETS, Config, UserError, build_parser, fail, opt
 from runlog import Progress

@@ -19,7 +19,7 @@ def tiny_cache(tmp_path_factory):
     """Every test (and every subprocess it starts) builds/loads tiny models in one fresh folder."""
     os.environ["MAPPA_CACHE"] = str(tmp_path_factory.mktemp("mappa-cache"))
     os.environ["HF_HUB_OFFLINE"] = "1"
-    import tiny
+    from models import tiny
     tiny.ensure_tiny_model("tiny")
     return Path(os.environ["MAPPA_CACHE"])
 

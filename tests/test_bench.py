@@ -111,7 +111,7 @@ def test_bad_flags_fail_with_one_line_and_exit_2(argv, capsys):
 
 def test_rows_take_a_model_folder_and_a_missing_one_fails_with_one_line(tmp_path, capsys):
     """The laptop-team row: `--model <folder>`; a wrong folder is a usage error, not a traceback."""
-    import tiny
+    from models import tiny
     from bench.__main__ import main
     args = SimpleNamespace(model=str(tiny.ensure_tiny_model("tiny")), device="cpu", max_new_tokens=8, batch=2,
                            four_bit=False)

@@ -67,7 +67,7 @@ def test_saved_adapters_load_with_plain_peft(tiny_run):
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
-    import tiny
+    from models import tiny
     out, _ = tiny_run
     for agent in ("solver", "executor", "verifier"):
         base = AutoModelForCausalLM.from_pretrained(tiny.ensure_tiny_model("tiny"))

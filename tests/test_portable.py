@@ -8,7 +8,7 @@ import eval as evaluation
 
 
 def test_a_run_with_relative_paths_evaluates_and_loads_from_another_folder(tmp_path, monkeypatch, tiny_cache, capsys):
-    import tiny
+    from models import tiny
     start, elsewhere = tmp_path / "project", tmp_path / "elsewhere"
     start.mkdir(), elsewhere.mkdir()
     shutil.copytree(tiny.ensure_tiny_model("tiny"), start / "mymodel")

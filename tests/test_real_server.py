@@ -29,7 +29,7 @@ def free_port() -> int:
 @pytest.fixture(scope="module")
 def server(tmp_path_factory, tiny_cache):
     """(base URL, model name) of `transformers serve` on the tiny model; stopped (and reaped) after."""
-    import tiny
+    from models import tiny
     model = str(tiny.ensure_tiny_model("tiny"))
     port, log = free_port(), tmp_path_factory.mktemp("serve") / "serve.log"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}

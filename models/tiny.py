@@ -1,4 +1,4 @@
-"""Build tiny random chat models offline, so the whole loop runs on a laptop with no hub access.
+"""Build tiny random chat models offline ("tiny", "tiny-50m"), so the whole loop runs anywhere in a minute.
 
 `python train.py --preset tiny` asks for the model "tiny". Nothing is downloaded: we train a
 byte-level BPE tokenizer on a small built-in corpus (well under a second), give it a ChatML chat
@@ -17,8 +17,6 @@ Two details make a random model usable as a stand-in:
 import os
 import shutil
 from pathlib import Path
-
-import torch
 
 # Bump when the recipe changes, so cached folders are rebuilt rather than silently reused.
 RECIPE_VERSION = 4
@@ -88,6 +86,7 @@ def build_tokenizer(vocab_size: int = 1024):
 
 def build_model(size: str, tokenizer, mean_action_tokens: int = 16, seed: int = 0):
     """A random Qwen2 causal LM of the given SIZES entry whose actions end after ~mean_action_tokens."""
+    import torch  # lazy: `models` is imported by config.py, which must stay light
     from transformers import AutoModelForCausalLM, Qwen2Config
 
     torch.manual_seed(seed)
@@ -133,5 +132,3 @@ def ensure_tiny_model(size: str = "tiny") -> Path:
         shutil.rmtree(tmp, ignore_errors=True)
     return folder
 
-
-LAPTOP_DIR = Path(__file__).resolve().parent / "laptop"  # the shipped laptop model (tiny/pretrain.py)
