@@ -313,3 +313,16 @@ def fail(message: str) -> typing.NoReturn:
     """Print one error line and exit 2 (bad input: nothing has been written or lost)."""
     print(f"error: {message}", file=sys.stderr)
     sys.exit(2)
+
+
+def flags_table() -> str:
+    """The README's flag table, made from Config itself (tests/test_readme.py keeps them equal):
+    flag, default, allowed values, and the help's first clause (`--help` has the rest)."""
+    rows = ["| flag | default | allowed | what |", "|---|---|---|---|"]
+    for f in dataclasses.fields(Config):
+        allowed = ("`" + "`, `".join(c or '""' for c in f.metadata["choices"]) + "`" if f.metadata.get("choices")
+                   else range_text(*f.metadata["range"]) if f.metadata.get("range") else "")
+        what = f.metadata["help"].split(";")[0].strip().replace("|", "/").replace("`", "")
+        what = what if len(what) <= 100 else what[:what.rfind(" ", 0, 98)] + " …"
+        rows.append(f"| `--{f.name.replace('_', '-')}` | `{f.default!r}` | {allowed} | {what} |")
+    return "\n".join(rows)
