@@ -36,13 +36,13 @@ def test_tiny_training_run_writes_a_complete_run_folder(tiny_run):
 
 
 def readme_metric_rows() -> list[tuple[list[str], str]]:
-    """(keys, when logged) of each row of the README's metric table."""
-    section = (ROOT / "README.md").read_text().split("Metric keys in metrics.jsonl", 1)[1].split("\n## ", 1)[0]
+    """(keys, when logged) of each row of the metric table of docs/runs.md."""
+    section = (ROOT / "docs" / "runs.md").read_text().split("Metric keys in metrics.jsonl", 1)[1].split("\n## ", 1)[0]
     rows = [line.split(" | ") for line in section.splitlines() if line.startswith("| `")]
     return [(re.findall(r"`([^`]+)`", cells[0]), cells[1].strip()) for cells in rows]
 
 
-def test_the_readme_metric_table_is_exactly_what_a_run_logs(tiny_run):
+def test_the_metric_table_in_docs_is_exactly_what_a_run_logs(tiny_run):
     """Every key of the table is in a tiny (math, process reward) run's metrics.jsonl, and every key
     there is in the table; data/ and eval/ rows are prefixes (other runs), checked as such."""
     from agents import MATH
@@ -59,7 +59,7 @@ def test_the_readme_metric_table_is_exactly_what_a_run_logs(tiny_run):
             agents = [a for a in MATH if a.uses_code] if when == "code agents" else MATH
             want |= {key.replace("<a>", a.name) for a in agents} if "<a>" in key else {key}
     assert prefixes == ["data/", "eval/"]
-    assert want - emitted == set(), "in the README's table but never logged"
+    assert want - emitted == set(), "in docs/runs.md's table but never logged"
     assert {k for k in emitted - want if not k.startswith(tuple(prefixes))} == set(), "logged but not in the table"
 
 
