@@ -170,7 +170,9 @@ def update_agent(model, name: str, actions: list[Action], optimizer, cfg: Config
     own_old = one_step_update(train_on, cfg)
     # data parallel: every rank takes the same number of steps; one with fewer actions adds zero grads
     n_steps = dist.max_int(math.ceil(len(train_on) / cfg.minibatch_size))
-    orders = [torch.randperm(len(train_on)).tolist() for _ in range(cfg.ppo_epochs)]
+    lengths = [len(a.prompt_ids) + len(a.action_ids) for a in train_on]
+    orders = [by_length(torch.randperm(len(train_on)).tolist(), lengths, cfg.minibatch_size)
+              for _ in range(cfg.ppo_epochs)]
     layout = micro_batches(orders[0], cfg.minibatch_size, cfg.micro_batch_size)  # epoch 1's, as trained
     with torch.no_grad():
         if own_old:
@@ -265,6 +267,12 @@ def micro_batches(order: list[int], minibatch: int, micro: int) -> list[list[int
     each into micro-batches. [0..9], minibatch 4, micro 3 -> [[0,1,2], [3], [4,5,6], [7], [8,9]]"""
     return [order[m:m + minibatch][c:c + micro] for m in range(0, len(order), minibatch)
             for c in range(0, min(minibatch, len(order) - m), micro)]
+
+
+def by_length(order: list[int], lengths: list[int], minibatch: int) -> list[int]:
+    """`order` with each minibatch's members sorted by length: the minibatches keep their random
+    members, and the micro-batches cut from them hold rows of similar length (less padding)."""
+    return [i for m in range(0, len(order), minibatch) for i in sorted(order[m:m + minibatch], key=lengths.__getitem__)]
 
 
 def layout_logprobs(model, actions: list[Action], layout: list[list[int]], T: int, temperature: float) -> torch.Tensor:

@@ -34,7 +34,10 @@ def parse(argv=None) -> argparse.Namespace:
     p.add_argument("--new-tokens", type=int, default=0, help="row 5 generated length (default: 64 CPU, 512 GPU)")
     p.add_argument("--4bit", dest="four_bit", action=argparse.BooleanOptionalAction, default=None,
                    help="4-bit NF4 base (default: on with CUDA)")
-    p.add_argument("--only", default="", help="rows to run, comma-separated: rollout,coach,step,memory,sizes,sandbox")
+    p.add_argument("--only", default="", help="rows to run, comma-separated: rollout,coach,step,memory,sizes,sandbox; "
+                   "laptop (only when named: one laptop-shape step of a real --model, bench/laptop.py)")
+    p.add_argument("--dtype", default="auto", choices=["auto", "bf16", "fp16", "fp32"], help="row 7 (laptop): compute dtype")
+    p.add_argument("--no-trl", action="store_true", help="row 7 (laptop): skip the TRL peer")
     p.add_argument("--clock", default="wall", choices=["wall", "cpu"],
                    help="what rows 1-3 time: wall, or this process's CPU time (steadier on shared cores; use with --threads 1)")
     p.add_argument("--json", default="", help="also write every number to this file")
@@ -52,7 +55,7 @@ def parse(argv=None) -> argparse.Namespace:
     args.sizes = [s for s in (args.sizes or ("tiny" if args.quick else ",".join([*tiny.SIZES, *GPU_SIZES]))).split(",") if s]
     names = {"rollout", "coach", "step", "memory", "sizes", "sandbox"}
     args.only = set(args.only.split(",")) if args.only else names
-    for bad, what in ((set(args.sizes) - known, "--sizes"), (args.only - names, "--only")):
+    for bad, what in ((set(args.sizes) - known, "--sizes"), (args.only - names - {"laptop"}, "--only")):
         if bad:
             p.error(f"{what}: unknown {', '.join(sorted(bad))}")
     if min(args.reps, args.batch, args.max_new_tokens) < 1 or args.threads < 0:
@@ -100,12 +103,19 @@ def main(argv=None) -> None:
         if "sandbox" in args.only:
             print("[bench] sandbox ...", file=sys.stderr, flush=True)
             results["sandbox"] = rows.bench_sandbox_row(args)
+        if "laptop" in args.only:
+            from bench import laptop
+            print(f"[bench] laptop ({args.model}) ...", file=sys.stderr, flush=True)
+            results["laptop"] = laptop.run(args)
     table = report.table(results, args)
     print(report.header(args, params))
     print(report.markdown(table))
     for row in table:
         if row[4]:
             print(f"target {row[0][2:]}: {row[3]} (want {row[4]}) -> {row[5]}")
+    if "laptop" in results:
+        from bench import laptop
+        print(laptop.markdown(results["laptop"]))
     print(f"total {time.perf_counter() - t0:.0f} s, load avg at the end {os.getloadavg()[0]:.1f}")
     if args.json:
         with open(args.json, "w") as f:

@@ -10,7 +10,7 @@ import rl
 from agents import MATH, acting_as, add_adapters, load_base
 from config import PRESETS, Config, load_config, parse_args, save_config
 from rollout import Action, generate, render
-from train import action_logprobs, micro_batches, update_agent
+from train import action_logprobs, by_length, micro_batches, update_agent
 
 
 def tiny_cfg(**kw):
@@ -124,6 +124,7 @@ def test_bf16_ppo_ratio_is_one_at_the_first_step(bf16_policy, monkeypatch):
 def test_micro_batches_cut_like_the_update_loop():
     assert micro_batches(list(range(10)), 4, 3) == [[0, 1, 2], [3], [4, 5, 6], [7], [8, 9]]
     assert micro_batches([2, 0, 1], 16, 4) == [[2, 0, 1]]
+    assert by_length([3, 0, 2, 1], [5, 1, 9, 2], 2) == [3, 0, 1, 2]  # members kept, sorted within a minibatch
 
 
 def test_scoring_passes_keep_no_kv_cache(policy):
