@@ -14,6 +14,7 @@ fp16 training needs loss scaling (its range underflows small gradients): train.u
 torch.amp.GradScaler when the compute dtype is fp16.
 """
 import functools
+import types
 from pathlib import Path
 
 import torch
@@ -54,20 +55,20 @@ def dtype_name(dtype: torch.dtype) -> str:
 def autocast_forward(model, dtype: torch.dtype):
     """Make every forward of `model` run under torch.autocast(dtype) (no-op for fp32); returns model.
 
-    Set as an instance attribute, so it also holds when peft's LoraModel calls model.forward
-    directly, for the coach and the KL reference (adapters off) and inside TRL. The backward pass
-    replays the forward's dtypes; gradient checkpointing's recompute restores the autocast state."""
+    Set as an instance attribute (a method bound to the model: a deep copy rebinds it to the copy),
+    so it also holds when peft's LoraModel calls model.forward directly, for the coach and the KL
+    reference (adapters off) and inside TRL. The backward pass replays the forward's dtypes;
+    gradient checkpointing's recompute restores the autocast state."""
     if dtype == torch.float32 or getattr(model, "_mappa_autocast", None) == dtype:
         return model
-    plain = model.forward
-    device_type = model.device.type
 
-    @functools.wraps(plain)
-    def forward(*args, **kwargs):
-        with torch.autocast(device_type, dtype=dtype):
-            return plain(*args, **kwargs)
+    @functools.wraps(type(model).forward)
+    def forward(self, *args, **kwargs):
+        with torch.autocast(self.device.type, dtype=self._mappa_autocast):
+            return type(self).forward(self, *args, **kwargs)
 
-    model.forward, model._mappa_autocast = forward, dtype
+    model._mappa_autocast = dtype
+    model.forward = types.MethodType(forward, model)
     return model
 
 

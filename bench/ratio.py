@@ -9,6 +9,9 @@ Samples `--actions` solver actions, then reports in nats per action token (max a
                 old-policy pass did before) -- the gap the one-layout rule removes
   sampling      the rollout's recorded log-probs vs the training pass (the KL term's input when
                 one epoch skips the old-policy pass)
+and, back to back, the seconds and peak RSS of one training pass (forward + backward) over the
+actions with the forwards under autocast (the fix of issue 29 item 1) and without (peft then
+casts every LoRA input to fp32), interleaved, 2 reps each.
 """
 import argparse
 import json
@@ -66,7 +69,41 @@ def main(argv=None) -> None:
            "threads": torch.get_num_threads(),
            "same_layout": gaps(new.detach(), old, mask), "other_layout": gaps(moved, old, mask),
            "sampling": gaps(sampled_logprobs(acts, T), new.detach(), mask)}
+    out["autocast_ab"] = autocast_ab(model, base, acts, T)
     print(json.dumps(out, indent=1))
+
+
+def autocast_ab(model, base, acts, T) -> dict:
+    """Training-pass seconds and peak RSS with and without autocast around the forwards."""
+    import time
+
+    from agents import acting_as
+    from bench.measure import peak_memory_mb, reset_peak
+    from train import action_logprobs
+    import types
+    wrapped = base.forward
+    plain = types.MethodType(type(base).forward, base) if getattr(base, "_mappa_autocast", None) else None
+    lora = [m for m in model.modules() if hasattr(m, "lora_A")]
+    res = {"on": [], "off": []}
+    if plain is None:  # fp32: no autocast to compare
+        return {}
+    model.train()
+    for _ in range(2):
+        for mode in ("on", "off"):
+            base.forward = wrapped if mode == "on" else plain
+            for m in lora:  # off: peft's own input casting, as before the fix
+                m.cast_input_dtype_enabled = mode == "off"
+            reset_peak("cpu")
+            t0 = time.perf_counter()
+            with acting_as(model, "solver"):
+                action_logprobs(model, acts, T, len(acts), 1.0).sum().backward()
+            res[mode].append((time.perf_counter() - t0, peak_memory_mb("cpu")))
+            model.zero_grad(set_to_none=True)
+    base.forward = wrapped
+    for m in lora:
+        m.cast_input_dtype_enabled = False
+    model.eval()
+    return {k: {"s": min(t for t, _ in v), "peak_rss_mb": max(p for _, p in v)} for k, v in res.items()}
 
 
 if __name__ == "__main__":
