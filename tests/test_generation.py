@@ -102,3 +102,24 @@ def test_eval_bar_moves_while_a_stage_decodes(policy, monkeypatch):
     out = screen.getvalue()
     before_done = out[:out.index("100%")]
     assert "0/1" in before_done and "rows decoding" in before_done
+
+
+def test_the_growing_kv_cache_gives_the_same_tokens_as_transformers_own(policy, monkeypatch):
+    """Issue 29 item 10: the cache written in place (GrowingLayer, grown past its first chunk here)
+    samples exactly what the torch.cat cache does."""
+    tokenizer, model = policy
+    prompts = prompts_of(tokenizer, 4)
+    monkeypatch.setattr(generation.GrowingLayer, "chunk", 3)
+    with torch.no_grad():
+        assert isinstance(generation.new_cache(model).layers[0], generation.GrowingLayer)
+    assert generation.new_cache(model) is None  # under autograd: transformers' own cache
+    runs = []
+    for own in (True, False):
+        if not own:
+            monkeypatch.setattr(generation, "new_cache", lambda m: None)
+        with acting_as(model, "solver"):
+            torch.manual_seed(5)
+            lps = []
+            runs.append((generate(model, tokenizer, prompts, 24, 1.0, 4, logprobs=lps), lps))
+    assert runs[0][0] == runs[1][0]
+    assert all(torch.allclose(torch.tensor(a), torch.tensor(b), atol=1e-5) for a, b in zip(runs[0][1], runs[1][1]))
