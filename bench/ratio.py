@@ -11,7 +11,9 @@ Samples `--actions` solver actions, then reports in nats per action token (max a
                 one epoch skips the old-policy pass)
 and, back to back, the seconds and peak RSS of one training pass (forward + backward) over the
 actions with the forwards under autocast (the fix of issue 29 item 1) and without (peft then
-casts every LoRA input to fp32), interleaved, 2 reps each.
+casts every LoRA input to fp32), interleaved, 2 reps each; and the seconds of sampling 64 tokens
+for 2 x --actions rows with the KV cache written in place (generation.GrowingLayer) and with
+transformers' torch.cat cache, interleaved, 2 reps each (the same tokens either way).
 """
 import argparse
 import json
@@ -70,6 +72,7 @@ def main(argv=None) -> None:
            "same_layout": gaps(new.detach(), old, mask), "other_layout": gaps(moved, old, mask),
            "sampling": gaps(sampled_logprobs(acts, T), new.detach(), mask)}
     out["autocast_ab"] = autocast_ab(model, base, acts, T)
+    out["cache_ab"] = cache_ab(model, tokenizer, prompts * 2, 64)
     print(json.dumps(out, indent=1))
 
 
@@ -104,6 +107,30 @@ def autocast_ab(model, base, acts, T) -> dict:
         m.cast_input_dtype_enabled = False
     model.eval()
     return {k: {"s": min(t for t, _ in v), "peak_rss_mb": max(p for _, p in v)} for k, v in res.items()}
+
+
+
+def cache_ab(model, tokenizer, prompts, new_tokens) -> dict:
+    """Sampling seconds with the in-place KV cache and with transformers' own, interleaved."""
+    import time
+
+    import generation
+    from agents import acting_as
+    from rollout import generate
+    own, res, toks = generation.new_cache, {"in_place": [], "torch_cat": []}, {}
+    try:
+        for _ in range(2):
+            for mode in res:
+                generation.new_cache = own if mode == "in_place" else (lambda m: None)
+                torch.manual_seed(1)
+                t0 = time.perf_counter()
+                with acting_as(model, "solver"):
+                    toks[mode] = generate(model, tokenizer, prompts, new_tokens, 1.0, len(prompts))
+                res[mode].append(time.perf_counter() - t0)
+    finally:
+        generation.new_cache = own
+    return {k: min(v) for k, v in res.items()} | {"same_tokens": toks["in_place"] == toks["torch_cat"],
+                                                  "rows": len(prompts), "new_tokens": new_tokens}
 
 
 if __name__ == "__main__":
