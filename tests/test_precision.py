@@ -144,3 +144,23 @@ def test_scoring_passes_keep_no_kv_cache(policy):
             assert calls[-1] is False and len(calls) == 2  # the shared head (cached), then the rows
     finally:
         hook.remove()
+
+
+def test_fp16_loss_scaling_takes_the_same_step(policy):
+    """The GradScaler path (fp16 training) scales the loss and unscales the grads before the clip:
+    on an fp32 model the step equals the unscaled one (the scale is a power of two)."""
+    tokenizer, model = policy
+    actions = [a for a in bf16_actions(tokenizer, model) if not a.truncated]
+    cfg = tiny_cfg(minibatch_size=8, micro_batch_size=2)
+    start = {n: p.detach().clone() for n, p in model.named_parameters()}
+    after = []
+    for scaler in (None, precision.grad_scaler(torch.float16, "cpu")):
+        with torch.no_grad():
+            for n, p in model.named_parameters():
+                p.copy_(start[n])
+        sgd = torch.optim.SGD([p for n, p in model.named_parameters() if ".solver." in n], lr=1e-2)
+        torch.manual_seed(0)
+        update_agent(model, "solver", actions, sgd, cfg, scaler=scaler)
+        after.append({n: p.detach().clone() for n, p in model.named_parameters()})
+    moved = [n for n in start if not torch.equal(start[n], after[0][n])]
+    assert moved and all(torch.allclose(after[0][n], after[1][n], atol=1e-6) for n in start)
