@@ -38,6 +38,7 @@ def parse(argv=None) -> argparse.Namespace:
                    "laptop (only when named: one laptop-shape step of a real --model, bench/laptop.py)")
     p.add_argument("--dtype", default="auto", choices=["auto", "bf16", "fp16", "fp32"], help="row 7 (laptop): compute dtype")
     p.add_argument("--no-trl", action="store_true", help="row 7 (laptop): skip the TRL peer")
+    p.add_argument("--trl-only", action="store_true", help="row 7 (laptop): the TRL peer alone (run it beside a --no-trl run)")
     p.add_argument("--clock", default="wall", choices=["wall", "cpu"],
                    help="what rows 1-3 time: wall, or this process's CPU time (steadier on shared cores; use with --threads 1)")
     p.add_argument("--json", default="", help="also write every number to this file")

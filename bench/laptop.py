@@ -72,6 +72,9 @@ def run(args) -> dict:
 
     cfg = Config(**{**PRESETS["laptop"], "model": args.model, "max_new_tokens": args.max_new_tokens,
                     "coach": "logit", "micro_batch_size": 4, "dtype": args.dtype, "device": args.device})
+    if getattr(args, "trl_only", False):
+        problems = builtin_problems("train", max(1, args.batch // 2), steps=BUILTIN["builtin-easy"])
+        return {"trl": trl_run(args, cfg, problems, None), "rates": machine_rates(), "threads": torch.get_num_threads()}
     dtype = resolve_dtype(cfg.dtype, args.device)
     rates = machine_rates()
     t_load = now()
@@ -161,6 +164,8 @@ def trl_run(args, cfg, problems, tokenizer) -> dict:
 
 def markdown(r: dict) -> str:
     """The row's table: per-part seconds, shares and fractions of the machine."""
+    if "parts" not in r:  # --trl-only
+        return f"TRL GRPOTrainer alone ({r['threads']} threads): {r['trl']}; machine {r['rates']}"
     p, s = r["parts"], r["step_s"]
     rates = r["rates"]
     lines = [f"laptop step: {r['episodes']} episodes, {r['actions']} actions, {r['generated_tokens']} generated tokens, "
