@@ -1,7 +1,7 @@
 """Roll out a batch of episodes, stage by stage.
 
 Every agent acts on all episodes of the batch at once: one batched `generate` per stage and turn
-(left padding, length-sorted chunks), not one episode at a time. A code agent's ```python blocks
+(generation.py: left padding, length-sorted batches bounded by rows and tokens), not one episode at a time. A code agent's ```python blocks
 run in the sandbox in parallel; the output goes back as a tool turn rendered by the tokenizer's
 own chat template, and the agent may act again.
 
@@ -15,8 +15,6 @@ import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
-
-import torch
 
 import sandbox
 from agents import Agent, acting_as, agent_input
