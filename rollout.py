@@ -1,9 +1,9 @@
 """Roll out a batch of episodes, stage by stage.
 
 Every agent acts on all episodes of the batch at once: one batched `generate` per stage and turn
-(generation.py: left padding, length-sorted batches bounded by rows and tokens), not one episode at a time. A code agent's ```python blocks
-run in the sandbox in parallel; the output goes back as a tool turn rendered by the tokenizer's
-own chat template, and the agent may act again.
+(generation.py: left padding, length-sorted batches bounded by rows and tokens), not one episode
+at a time. A code agent's ```python blocks run in the sandbox in parallel; the output goes back as
+a tool turn rendered by the tokenizer's own chat template, and the agent may act again.
 
 Each Action keeps the exact token context it was generated from (`prompt_ids`) and its sampled
 tokens (`action_ids`), so the update trains on precisely what the policy saw (SPEC §2: the
