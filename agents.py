@@ -145,12 +145,16 @@ def guard_bnb_cpu_repack(model) -> int:
     return len(layers)
 
 
-def load_base(model_name: str, load_in_4bit: bool | None = None, device: str = "auto"):
+def load_base(model_name: str, load_in_4bit: bool | None = None, device: str = "auto", dtype: str | None = None):
     """Load (tokenizer, base model) from a Hub name or a local folder.
 
-    4-bit NF4 with bf16 compute on CUDA by default, or wherever load_in_4bit=True asks; plain
-    bf16 (CUDA) / fp32 (CPU) otherwise. The tokenizer pads on the left, for batched generation.
+    4-bit NF4 on CUDA by default, or wherever load_in_4bit=True asks. dtype: --dtype (auto, bf16,
+    fp16, fp32: precision.resolve_dtype); None keeps fp32 on CPU (exact, for tests) and auto on
+    CUDA. The weights (or the 4-bit compute) take that dtype and every forward runs under its
+    autocast (precision.autocast_forward). The tokenizer pads on the left, for batched generation.
     """
+    from precision import autocast_forward, resolve_dtype
+
     from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
     from transformers.utils import logging as hf_logging
 
@@ -163,7 +167,7 @@ def load_base(model_name: str, load_in_4bit: bool | None = None, device: str = "
     if not Path(path).expanduser().exists() and (path.startswith((".", "/", "~")) or path.count("/") > 1):
         raise ModelLoadError(f"model folder '{model_name}' does not exist; pass an existing folder or a Hub "
                              "name with --model, or use --preset tiny")
-    compute = torch.bfloat16 if device.startswith("cuda") else torch.float32
+    compute = resolve_dtype(dtype or ("auto" if device.startswith("cuda") else "fp32"), device)
     kwargs = dict(dtype=compute)
     if load_in_4bit:
         kwargs["quantization_config"] = BitsAndBytesConfig(
@@ -185,7 +189,7 @@ def load_base(model_name: str, load_in_4bit: bool | None = None, device: str = "
         model.to(device)
     guard_bnb_cpu_repack(model)
     model.requires_grad_(False)
-    return tokenizer, model
+    return tokenizer, autocast_forward(model, compute)
 
 
 def add_adapters(model, agents, r: int = 16, alpha: int = 32, dropout: float = 0.0,
@@ -197,18 +201,21 @@ def add_adapters(model, agents, r: int = 16, alpha: int = 32, dropout: float = 0
     """
     from peft import LoraConfig, PeftModel, get_peft_model
 
+    from precision import keep_lora_inputs
+
     names = [a.name for a in agents]
     if init_from is not None:
         first = Path(init_from) / names[0]
         peft_model = PeftModel.from_pretrained(model, first, adapter_name=names[0], is_trainable=True)
         for name in names[1:]:
             peft_model.load_adapter(Path(init_from) / name, adapter_name=name, is_trainable=True)
-        return peft_model
-    config = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules="all-linear",
-                        task_type="CAUSAL_LM")
-    peft_model = get_peft_model(model, config, adapter_name=names[0])
-    for name in names[1:]:
-        peft_model.add_adapter(name, config)
+    else:
+        config = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules="all-linear",
+                            task_type="CAUSAL_LM")
+        peft_model = get_peft_model(model, config, adapter_name=names[0])
+        for name in names[1:]:
+            peft_model.add_adapter(name, config)
+    keep_lora_inputs(peft_model, model)  # adapters stay fp32 (the master copy), their matmuls autocast
     return peft_model
 
 

@@ -242,7 +242,8 @@ def make_coach(cfg, model, tokenizer, agents):
         if cfg.coach_base:
             tokenizer, model = load_coach_base(cfg.coach_base, cfg.load_in_4bit, str(model.device))
         return LLMCoach(model, tokenizer, agents, cfg.coach, cfg.coach_sees_answer, cfg.coach_max_new_tokens,
-                        cfg.coach_batch_size, answer_for_all=cfg.coach_answer_for_all, compact=cfg.coach_compact)
+                        cfg.coach_batch_size, answer_for_all=cfg.coach_answer_for_all, compact=cfg.coach_compact,
+                        prefill_tokens=cfg.prefill_tokens)
     return APICoach(cfg.coach_url, cfg.coach_model, agents, api_key=os.environ.get(cfg.coach_api_key_env) or None,
                     show_answer=cfg.coach_sees_answer, max_tokens=cfg.coach_max_new_tokens,
                     concurrency=cfg.coach_concurrency, timeout=cfg.coach_timeout, retries=cfg.coach_retries,

@@ -62,6 +62,7 @@ class Config:
     answer_format: str = opt("auto", "math sets: how the gold answer is read from its field: auto (from the shape), plain (the field as is), gsm8k (after ####), boxed (its last \\boxed{})", ("auto", "plain", "gsm8k", "boxed"))
     load_in_4bit: typing.Optional[bool] = opt(None, "load the base in 4-bit NF4 (QLoRA); default: on when CUDA is available")
     device: str = opt("auto", "auto, cpu, cuda or cuda:N")
+    dtype: str = opt("auto", "compute dtype: auto (bf16 on a CUDA card or CPU that has it, else fp16 on CUDA / fp32 on CPU), bf16, fp16 or fp32; adapters, KL and losses stay fp32", ("auto", "bf16", "fp16", "fp32"))
     # rollouts
     steps: int = opt(200, "training steps (one rollout batch and one update per agent each)", range=(1, 10_000_000))
     problems_per_step: int = opt(16, "tasks per rollout batch", range=(1, 1024))
@@ -69,6 +70,7 @@ class Config:
     temperature: float = opt(1.0, "sampling temperature of the agents during training (> 0: the update needs the log-probs of a real distribution)", range=(Above(0), 10))
     max_new_tokens: int = opt(1024, "cap on the length of any action, in tokens (wins over an agent's own cap; the paper used 4096)", range=(1, 131_072))
     gen_batch_size: int = opt(32, "sequences per batched generate call", range=(1, 4096))
+    prefill_tokens: int = opt(32768, "token budget of one batched prompt pass (rows x longest prompt), rollouts and the coach: bounds prefill memory", range=(1, 1 << 30))
     code_timeout: float = opt(10.0, "seconds a code action may run in the sandbox", range=(Above(0), 3600))
     code_memory_mb: int = opt(2048, "memory limit of a code action, MB", range=(64, 1_048_576))
     # the coach and the reward
@@ -107,7 +109,7 @@ class Config:
     lr_schedule: str = opt("constant", "after the warm-up: constant, or cosine down to 0.1 x --lr over the planned optimiser steps (the paper's)", ("constant", "cosine"))
     lora_r: int = opt(16, "LoRA rank of each adapter", range=(1, 1024))
     lora_alpha: int = opt(32, "LoRA alpha of each adapter", range=(1, 1_000_000))
-    gradient_checkpointing: bool = opt(True, "recompute activations in the update to save memory (never in rollouts)")
+    gradient_checkpointing: typing.Optional[bool] = opt(None, "recompute activations in the update to save memory (never in rollouts); default: on with CUDA, off on CPU (a third pass; CPU RAM holds the activations)")
     # bookkeeping
     seed: int = opt(0, "random seed", range=(0, INT_MAX))
     out_dir: str = opt("", "run folder (default: runs/<task>-<date>-<time>)")

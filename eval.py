@@ -78,7 +78,8 @@ def run_episodes(model, tokenizer, cfg: Config, agents, *, k: int = 4, temperatu
             try:
                 rollout(model, tokenizer, agents, batch, temperature=temperature,
                         max_new_tokens=cfg.max_new_tokens, batch_size=cfg.gen_batch_size, limits=limits,
-                        use_adapters=use_adapters)
+                        use_adapters=use_adapters, prefill_tokens=cfg.prefill_tokens,
+                        progress=bar.set_postfix_str)  # the bar moves while a stage decodes
                 for ep in batch:
                     grade(ep, agents, backend=cfg.grader)
                     if ep.error:  # kept and counted wrong: the pipeline failed on this task
@@ -86,6 +87,7 @@ def run_episodes(model, tokenizer, cfg: Config, agents, *, k: int = 4, temperatu
                         bar.write(f"episode of task {ep.task.id} failed: {ep.error}", file=sys.stderr)
                 if coach is not None:
                     items = [(ep, a) for ep in batch if not ep.error for a in ep.actions]
+                    bar.set_postfix_str(f"coach, {len(items)} actions")
                     for (_, a), s in zip(items, coach.score(items)):
                         a.score = s
             finally:  # data task workspaces: the grader and the coach are done with them
@@ -275,7 +277,7 @@ def eval_column(name: str, run_dir: Path, cfg: Config, base: bool, args, loaded:
         gc.collect()  # free the previous run's model before loading the next
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
-        tokenizer, model = load_base(cfg.model, cfg.load_in_4bit, dist.use_device(cfg.device))  # cuda:N current
+        tokenizer, model = load_base(cfg.model, cfg.load_in_4bit, dist.use_device(cfg.device), cfg.dtype)  # cuda:N current
         trained = (run_dir / "adapters").is_dir()
         model = add_adapters(model, agents, r=cfg.lora_r, alpha=cfg.lora_alpha,
                              init_from=run_dir / "adapters" if trained else None)

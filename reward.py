@@ -181,11 +181,13 @@ class LLMCoach:
 
     def __init__(self, model, tokenizer, agents: tuple[Agent, ...], mode: str = "generate",
                  show_answer: bool = True, max_new_tokens: int = 256, batch_size: int = 16,
-                 tool_chars: int = 2000, answer_for_all: bool = False, compact: bool = False):
+                 tool_chars: int = 2000, answer_for_all: bool = False, compact: bool = False,
+                 prefill_tokens: int = 1 << 62):
         self.model, self.tokenizer, self.agents, self.mode = model, tokenizer, agents, mode
         self.answer_for_all, self.compact = answer_for_all, compact
         self.show_answer, self.max_new_tokens = show_answer, max_new_tokens
         self.batch_size, self.tool_chars = batch_size, tool_chars
+        self.prefill_tokens = prefill_tokens  # a batch's rows x longest prompt (issue 29 item 2)
         self.retries = 0
         self.prefix_cache = True  # logit mode: run the prompts' shared head once (False: the plain path)
         if mode == "logit":
@@ -238,7 +240,8 @@ class LLMCoach:
     def _generate(self, convs: list[list[dict]]) -> tuple[list[float | None], list[str]]:
         """(scores, the coach's replies); a format retry's reply is appended to the first one."""
         outs = generate(self.model, self.tokenizer, [render(self.tokenizer, c) for c in convs],
-                        self.max_new_tokens, temperature=0.0, batch_size=self.batch_size)
+                        self.max_new_tokens, temperature=0.0, batch_size=self.batch_size,
+                        prefill_tokens=self.prefill_tokens)
         texts = [self.tokenizer.decode(ids, skip_special_tokens=True) for ids, _ in outs]
         scores = [parse_score(t) for t in texts]
         retry = [i for i, s in enumerate(scores) if s is None]
@@ -247,7 +250,7 @@ class LLMCoach:
             again = [convs[i] + [{"role": "assistant", "content": texts[i]}, {"role": "user", "content": RETRY}]
                      for i in retry]
             outs = generate(self.model, self.tokenizer, [render(self.tokenizer, c) for c in again],
-                            16, temperature=0.0, batch_size=self.batch_size)
+                            16, temperature=0.0, batch_size=self.batch_size, prefill_tokens=self.prefill_tokens)
             for i, (ids, _) in zip(retry, outs):
                 reply = self.tokenizer.decode(ids, skip_special_tokens=True)
                 scores[i] = parse_score(reply)
@@ -275,19 +278,21 @@ class LLMCoach:
                                 use_cache=True, logits_to_keep=1).cache if head else None
         chunks: list[list[int]] = []
         for i in order:  # a batch holds one group only, so that its rows share the longer prefix
-            if chunks and len(chunks[-1]) < self.batch_size and groups[chunks[-1][0]] == groups[i]:
+            if chunks and len(chunks[-1]) < self.batch_size and groups[chunks[-1][0]] == groups[i] \
+                    and (len(chunks[-1]) + 1) * len(seqs[i]) <= self.prefill_tokens:  # sorted: i is the longest
                 chunks[-1].append(i)
             else:
                 chunks.append([i])
         for chunk in chunks:
             if head:
                 logits = prefix_forward(self.model, [seqs[i] for i in chunk], self.tokenizer.pad_token_id, keep=2,
-                                        logits_to_keep=2, head=head, head_cache=head_cache)[0].logits.float()
+                                        logits_to_keep=2, head=head, head_cache=head_cache,
+                                        use_cache=False)[0].logits.float()
             else:
                 ids, mask = pad_left([seqs[i] for i in chunk], self.tokenizer.pad_token_id, self.model.device)
                 pos = (mask.cumsum(-1) - 1).clamp(min=0)
                 logits = self.model(input_ids=ids, attention_mask=mask, position_ids=pos,
-                                    logits_to_keep=2).logits.float()
+                                    logits_to_keep=2, use_cache=False).logits.float()
             if second is None:
                 p1, p2 = logits[:, -1].softmax(-1), None
             else:

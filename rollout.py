@@ -1,9 +1,9 @@
 """Roll out a batch of episodes, stage by stage.
 
 Every agent acts on all episodes of the batch at once: one batched `generate` per stage and turn
-(left padding, length-sorted chunks), not one episode at a time. A code agent's ```python blocks
-run in the sandbox in parallel; the output goes back as a tool turn rendered by the tokenizer's
-own chat template, and the agent may act again.
+(generation.py: left padding, length-sorted batches bounded by rows and tokens), not one episode
+at a time. A code agent's ```python blocks run in the sandbox in parallel; the output goes back as
+a tool turn rendered by the tokenizer's own chat template, and the agent may act again.
 
 Each Action keeps the exact token context it was generated from (`prompt_ids`) and its sampled
 tokens (`action_ids`), so the update trains on precisely what the policy saw (SPEC §2: the
@@ -11,14 +11,14 @@ official code stored the wrong context for an agent's second action).
 """
 import shutil
 import tempfile
+import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
-import torch
-
 import sandbox
 from agents import Agent, acting_as, agent_input
+from generation import PHASES, generate, pad_left, prefix_forward, sample_rows, shared_prefix, stop_ids  # noqa: F401 (re-exported)
 from tasks.workspace import describe_files, new_workspace, workspace_files
 
 
@@ -80,150 +80,14 @@ def render(tokenizer, messages: list[dict]) -> list[int]:
                                              return_dict=False)
 
 
-def stop_ids(model, tokenizer) -> set[int]:
-    """Every token id that ends a turn: the generation config's EOS ids and the tokenizer's."""
-    eos = model.generation_config.eos_token_id
-    ids = set(eos if isinstance(eos, (list, tuple)) else [eos] if eos is not None else [])
-    return ids | ({tokenizer.eos_token_id} if tokenizer.eos_token_id is not None else set())
-
-
-def pad_left(seqs: list[list[int]], pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor]:
-    """Left-pad token lists into (input_ids [B, L], attention_mask [B, L])."""
-    L = max(len(s) for s in seqs)
-    ids = torch.full((len(seqs), L), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(seqs), L), dtype=torch.long)
-    for i, s in enumerate(seqs):
-        ids[i, L - len(s):] = torch.tensor(s, dtype=torch.long)
-        mask[i, L - len(s):] = 1
-    return ids.to(device), mask.to(device)
-
-
-@torch.no_grad()
-def generate(model, tokenizer, prompts: list[list[int]], max_new_tokens: int, temperature: float,
-             batch_size: int, logprobs: list | None = None) -> list[tuple[list[int], bool]]:
-    """Sample one action per prompt, batched. Returns [(action_ids, truncated)] in prompt order.
-
-    Sampling is from the model's plain softmax at `temperature` (sample_rows applies the temperature
-    and nothing else: no setting of the model's generation config), so the update's log-probs are
-    the true policy's.
-    If `logprobs` is a list, it receives, per prompt, the log-probs of the sampled tokens under
-    the distribution they were drawn from (what the update's old policy computes, SPEC §4).
-    Prompts are sorted by length before chunking, which cuts padding; within a chunk, a row that
-    has ended leaves the batch and its KV cache (sample_rows), so the chunk's last steps run on the
-    unfinished rows only.
-    """
-    stops = stop_ids(model, tokenizer)
-    model.eval()  # KV cache on, no dropout, no gradient checkpointing
-    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
-    results: list[tuple[list[int], bool]] = [([], True)] * len(prompts)
-    scores: list[list[float]] = [[] for _ in prompts]
-    for start in range(0, len(order), batch_size):
-        chunk = order[start:start + batch_size]
-        sampled = sample_rows(model, [prompts[i] for i in chunk], tokenizer.pad_token_id, max_new_tokens,
-                              temperature, stops)
-        for i, (row, lps, truncated) in zip(chunk, sampled):
-            results[i], scores[i] = (row, truncated), lps
-    if logprobs is not None:
-        logprobs[:] = scores
-    return results
-
-
-def sample_rows(model, prompts: list[list[int]], pad_id: int, max_new_tokens: int, temperature: float,
-                stops: set[int]) -> list[tuple[list[int], list[float], bool]]:
-    """The sampling loop over the model's forward with its KV cache; finished rows leave the batch.
-
-    prompts (B token lists) -> per row (tokens, their log-probs, truncated). A row ends at its
-    first stop token (kept) or after max_new_tokens (truncated). The prompts' shared head (the
-    agent's system prompt) is computed once (prefix_forward).
-
-    Sampling applies ONLY the temperature: softmax(logits / temperature), then one multinomial draw
-    per row -- no top-k/top-p, no repetition penalty, whatever the model's generation_config says
-    (temperature 0: greedy). So the log-probs recorded here, and the update's, are the true policy's.
-    A finished row is dropped from the batch and from every cache layer (batch_select_indices),
-    which changes no other row's numbers: rows never attend to each other.
-    """
-    B = len(prompts)
-    tokens: list[list[int]] = [[] for _ in range(B)]
-    lps: list[list[float]] = [[] for _ in range(B)]
-    truncated = [True] * B
-    rows = torch.arange(B)  # original row index of each row still in the batch
-    if B > 1 and shared_prefix(prompts) > 0:
-        out, mask = prefix_forward(model, prompts, pad_id, keep=1, logits_to_keep=1)
-    else:
-        ids, mask = pad_left(prompts, pad_id, model.device)
-        out = model(input_ids=ids, attention_mask=mask, position_ids=(mask.cumsum(-1) - 1).clamp(min=0),
-                    use_cache=True, logits_to_keep=1)
-    pos = mask.sum(-1) - 1  # position of each row's last token
-    stop = torch.tensor(sorted(stops), dtype=torch.long, device=mask.device)
-    for step in range(max_new_tokens):
-        logits = out.logits[:, -1].float()
-        if temperature > 0:
-            logp = torch.log_softmax(logits / temperature, -1)
-            nxt = torch.multinomial(logp.exp(), 1).squeeze(1)
-        else:
-            logp = torch.log_softmax(logits, -1)
-            nxt = logits.argmax(-1)
-        chosen = logp.gather(1, nxt[:, None]).squeeze(1)
-        ended = torch.isin(nxt, stop)
-        for r, t, lp, e in zip(rows.tolist(), nxt.tolist(), chosen.tolist(), ended.tolist()):
-            tokens[r].append(t)
-            lps[r].append(lp)
-            if e:
-                truncated[r] = False
-        keep = (~ended).nonzero().squeeze(1)
-        if keep.numel() == 0 or step == max_new_tokens - 1:
-            break
-        cache = out.cache
-        if keep.numel() < len(rows):  # the finished rows leave the batch and the cache
-            cache.batch_select_indices(keep)
-            rows, mask, pos, nxt = rows[keep.cpu()], mask[keep], pos[keep], nxt[keep]
-        mask = torch.cat([mask, mask.new_ones(mask.shape[0], 1)], 1)
-        pos = pos + 1
-        out = model(input_ids=nxt[:, None], attention_mask=mask, position_ids=pos[:, None],
-                    cache=cache, use_cache=True)
-    return list(zip(tokens, lps, truncated))
-
-
-def shared_prefix(seqs: list[list[int]], keep: int = 1) -> int:
-    """Length of the token prefix all seqs share, leaving at least `keep` tokens of each outside it."""
-    n, first = min(len(s) for s in seqs) - keep, seqs[0]
-    for s in seqs[1:]:
-        k = 0
-        while k < n and s[k] == first[k]:
-            k += 1
-        n = k
-    return max(n, 0)
-
-
-def prefix_forward(model, seqs: list[list[int]], pad_id: int, *, keep: int, logits_to_keep: int,
-                   head: int = 0, head_cache=None):
-    """Forward over seqs (no padding in them) whose shared prefix is computed once: (output with
-    its KV cache, attention mask [B, prefix + S]).
-
-    The prefix runs as one row (extending head_cache, a batch-1 cache of the first `head` tokens,
-    which is copied, not changed), its cache is repeated per row, and each row's rest runs
-    left-padded BETWEEN the prefix and the row -- masked, positions continuing from the prefix --
-    so every row's last token sits at the end. Rows never see each other or a pad: the same
-    numbers as one left-padded pass up to float rounding (tests/test_policy.py, test_reward.py)."""
-    import copy
-    dev = model.device
-    own = max(shared_prefix(seqs, keep), head)
-    cache = copy.deepcopy(head_cache) if head_cache is not None else None
-    if own > head:
-        cache = model(input_ids=torch.tensor([seqs[0][head:own]], device=dev), cache=cache, use_cache=True,
-                      position_ids=torch.arange(head, own, device=dev)[None], logits_to_keep=1).cache
-    cache.batch_repeat_interleave(len(seqs))
-    ids, mask = pad_left([s[own:] for s in seqs], pad_id, dev)
-    mask = torch.cat([mask.new_ones(len(seqs), own), mask], 1)
-    pos = (mask.cumsum(-1) - 1)[:, own:]
-    return model(input_ids=ids, attention_mask=mask, position_ids=pos, cache=cache, use_cache=True,
-                 logits_to_keep=logits_to_keep), mask
-
-
 def rollout(model, tokenizer, agents: tuple[Agent, ...], episodes: list[Episode], *,
             temperature: float, max_new_tokens: int, batch_size: int,
-            limits: "sandbox.Limits", tool_chars: int = 2000, use_adapters: bool = True) -> list[Episode]:
+            limits: "sandbox.Limits", tool_chars: int = 2000, use_adapters: bool = True,
+            prefill_tokens: int = 1 << 62, progress=None) -> list[Episode]:
     """Run every agent, in pipeline order, on all episodes; fills episode.actions in place.
+
+    prefill_tokens: token budget of one batch (generation.token_batches). progress(text), if given,
+    hears each stage's rows and tokens left while it decodes (train.py: a status line on a terminal).
 
     use_adapters=False runs the untrained pipeline: the base model acts as every agent. An episode
     whose own bookkeeping raises (a template error, a prompt longer than the model's context) gets
@@ -256,9 +120,11 @@ def rollout(model, tokenizer, agents: tuple[Agent, ...], episodes: list[Episode]
             if not active:
                 break
             scores: list = []
+            say = None if progress is None else (
+                lambda text, where=f"{agent.name}" + (f" turn {turn + 1}" if turn else ""): progress(f"{where}: {text}"))
             with acting_as(model, agent.name if use_adapters else None):
                 outs = generate(model, tokenizer, [prompts[id(ep)] for ep in active], budget, temperature, batch_size,
-                                logprobs=scores)
+                                logprobs=scores, prefill_tokens=prefill_tokens, progress=say)
             actions = []
             for k, (ep, (ids, truncated)) in enumerate(zip(active, outs)):
                 text = tokenizer.decode(ids, skip_special_tokens=True)
@@ -313,9 +179,11 @@ def run_code_turn(agent, episodes, actions, convs, tools, limits, tool_chars) ->
             scratch.append(workdir)
         jobs.append(("\n\n".join(blocks), workdir))
         owners.append((ep, action))
+    t0 = time.perf_counter()
     try:
         results = sandbox.run_many(jobs, limits) if jobs else []
     finally:
+        PHASES["sandbox_s"] += time.perf_counter() - t0
         for d in scratch:
             shutil.rmtree(d, ignore_errors=True)
     again = []

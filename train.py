@@ -24,6 +24,7 @@ import sandbox
 from agents import PIPELINES, ModelLoadError, acting_as, add_adapters, adapter_parameters, load_base, make_optimizers
 from coach_api import CoachGuard, make_coach
 from config import Config, UserError, fail, parse_args
+from precision import grad_scaler, resolve_dtype, wants_checkpointing
 from reward import assign_rewards, grade
 from rollout import Action, episode_guard, live, new_episodes, pad_left, prefix_forward, rollout, shared_prefix
 from runlog import Progress, RunLog, rollout_metrics, tracker_module
@@ -57,11 +58,12 @@ def train(cfg: Config, *, coach=None, agents=None, tasks=None, grader=grade, qui
         dist.on_main(print, train_tasks.summary)
     dist.on_main(checkpoint.lock_run_dir, run_dir)  # one writer per run folder; a second is refused
     seed_everything(cfg.seed)
-    tokenizer, base = load_base(cfg.model, cfg.load_in_4bit, device)
+    tokenizer, base = load_base(cfg.model, cfg.load_in_4bit, device, cfg.dtype)  # --dtype: weights + autocast
     model = add_adapters(base, agents, r=cfg.lora_r, alpha=cfg.lora_alpha)
     dist.on_main(checkpoint.start_run_dir, cfg, run_dir, fresh=resuming is None)  # rank 0 writes
-    if cfg.gradient_checkpointing:  # only active in train mode, i.e. in the update, never in rollouts
+    if wants_checkpointing(cfg, device, base):  # only active in train mode, i.e. in the update, never in rollouts
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    scalers = {a.name: grad_scaler(resolve_dtype(cfg.dtype, device), device) for a in agents}  # fp16: loss scaling
     optimizers, schedulers = make_optimizers(model, agents, cfg.lr, cfg.weight_decay, cfg.warmup_steps,
                                              (cfg.adam_beta1, cfg.adam_beta2), cfg.lr_schedule, planned_steps(cfg, agents))
     coach = CoachGuard(coach or make_coach(cfg, model, tokenizer, agents), cfg.max_unscored_steps)  # local base or --coach-url
@@ -89,8 +91,9 @@ def train(cfg: Config, *, coach=None, agents=None, tasks=None, grader=grade, qui
         batch = new_episodes(tasks_now, cfg.samples_per_problem)
         progress(f"step {step}/{cfg.steps}: rollout, {len(batch)} episodes")
         try:
-            rollout(model, tokenizer, agents, batch, temperature=cfg.temperature,
-                    max_new_tokens=cfg.max_new_tokens, batch_size=cfg.gen_batch_size, limits=limits)
+            rollout(model, tokenizer, agents, batch, temperature=cfg.temperature, max_new_tokens=cfg.max_new_tokens,
+                    batch_size=cfg.gen_batch_size, limits=limits, prefill_tokens=cfg.prefill_tokens,
+                    progress=lambda text: progress(f"step {step}/{cfg.steps}: rollout, {text}"))
             t_rollout = time.perf_counter()
             # 2. the outcome (logged; the reward in --reward outcome), then the coach scores every action
             for ep in live(batch):
@@ -115,7 +118,8 @@ def train(cfg: Config, *, coach=None, agents=None, tasks=None, grader=grade, qui
         for agent in agents:
             actions = [a for ep in episodes for a in ep.actions if a.agent == agent.name]
             progress(f"step {step}/{cfg.steps}: update {agent.name}, {len(actions)} actions")
-            stats = update_agent(model, agent.name, actions, optimizers[agent.name], cfg, schedulers[agent.name])
+            stats = update_agent(model, agent.name, actions, optimizers[agent.name], cfg, schedulers[agent.name],
+                                 scalers[agent.name])
             stats = dist.merge_update_stats(stats)
             metrics |= {f"{agent.name}/{k}": v for k, v in stats.items()}
         t_end = time.perf_counter()
@@ -141,13 +145,17 @@ def train(cfg: Config, *, coach=None, agents=None, tasks=None, grader=grade, qui
     return run_dir
 
 
-def update_agent(model, name: str, actions: list[Action], optimizer, cfg: Config, scheduler=None) -> dict:
+def update_agent(model, name: str, actions: list[Action], optimizer, cfg: Config, scheduler=None,
+                 scaler=None) -> dict:
     """One agent's REINFORCE++ update on its own actions of this rollout batch (SPEC §4).
 
     Unscored actions (reward None) and actions cut off by the length limit get no loss and stay
     out of the baseline. Reference log-probs come from a batched no-grad pass with all adapters
     off; old-policy ones from one with the adapter on, or, with one epoch and one optimiser step,
-    from the training pass itself (one_step_update). Returns metrics for the log.
+    from the training pass itself (one_step_update). Both no-grad passes run on the first epoch's
+    own micro-batches, so old and new log-probs come from the same layout (issue 29 item 3: in
+    bf16 another padding or batch gives other roundings, and the PPO ratio would not start at 1).
+    scaler: a GradScaler for fp16 (precision.grad_scaler), else None. Returns metrics for the log.
     """
     train_on = [a for a in actions if a.reward is not None and not a.truncated]
     stats = {"trained": len(train_on), "tokens": 0, "loss": float("nan"), "kl": float("nan"),
@@ -163,14 +171,20 @@ def update_agent(model, name: str, actions: list[Action], optimizer, cfg: Config
     # policy's (TRL's num_iterations=1), so the extra no-grad pass is skipped; the KL term, needed
     # before that pass, reads the log-probs recorded while sampling (docs/speed.md: the mismatch).
     own_old = one_step_update(train_on, cfg)
+    # data parallel: every rank takes the same number of steps; one with fewer actions adds zero grads
+    n_steps = dist.max_int(math.ceil(len(train_on) / cfg.minibatch_size))
+    lengths = [len(a.prompt_ids) + len(a.action_ids) for a in train_on]
+    orders = [by_length(torch.randperm(len(train_on)).tolist(), lengths, cfg.minibatch_size)
+              for _ in range(cfg.ppo_epochs)]
+    layout = micro_batches(orders[0], cfg.minibatch_size, cfg.micro_batch_size)  # epoch 1's, as trained
     with torch.no_grad():
         if own_old:
             logp_old = sampled_logprobs(train_on, T)
         else:
             with acting_as(model, name):
-                logp_old = action_logprobs(model, train_on, T, cfg.micro_batch_size, cfg.temperature)
+                logp_old = layout_logprobs(model, train_on, layout, T, cfg.temperature)
         with acting_as(model, None):
-            logp_ref = action_logprobs(model, train_on, T, cfg.micro_batch_size, cfg.temperature)
+            logp_ref = layout_logprobs(model, train_on, layout, T, cfg.temperature)
     kl = rl.kl_k1(logp_old, logp_ref)
     rewards = torch.tensor([a.reward for a in train_on])
     advantages, stats["no_signal"] = compute_advantages(rewards, kl, mask, cfg)
@@ -183,10 +197,7 @@ def update_agent(model, name: str, actions: list[Action], optimizer, cfg: Config
     losses, clipped, seen, norms = [], 0.0, 0.0, []
     model.train()
     with acting_as(model, name):
-        # data parallel: every rank takes the same number of steps; one with fewer actions adds zero grads
-        n_steps = dist.max_int(math.ceil(len(train_on) / cfg.minibatch_size))
-        for _ in range(cfg.ppo_epochs):
-            order = torch.randperm(len(train_on)).tolist()
+        for order in orders:
             for mb_start in range(0, n_steps * cfg.minibatch_size, cfg.minibatch_size):
                 mb = order[mb_start:mb_start + cfg.minibatch_size]
                 # the loss is a mean over the GLOBAL minibatch: its tokens, or its actions (--loss-mean)
@@ -200,18 +211,26 @@ def update_agent(model, name: str, actions: list[Action], optimizer, cfg: Config
                     weights = rl.loss_weights(mask[mc], cfg.loss_mean, n_tokens, n_actions)
                     loss, clip_frac = rl.clipped_policy_loss(logp, old, advantages[mc], mask[mc],
                                                              cfg.clip_eps, weights=weights)
-                    loss.backward()
+                    (scaler.scale(loss) if scaler else loss).backward()
                     mb_loss += loss.item()
                     clipped += clip_frac.item() * mask[mc].sum().item()
                     seen += mask[mc].sum().item()
                 losses.append(mb_loss)  # this rank's share of the minibatch's loss
                 dist.sum_grads(params)  # data parallel: identical summed grads -> identical clip and step
+                if scaler:
+                    scaler.unscale_(optimizer)
                 norm = torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
                 if not torch.isfinite(norm):  # a non-finite loss or gradient: skip this step, count it
                     optimizer.zero_grad(set_to_none=True)
                     stats["skipped"] += 1
+                    if scaler:
+                        scaler.update()  # fp16 overflow: a smaller loss scale next time
                     continue
-                optimizer.step()
+                if scaler:
+                    scaler.step(optimizer)
+                    scaler.update()
+                else:
+                    optimizer.step()
                 if scheduler is not None:
                     scheduler.step()
                 norms.append(norm.item())
@@ -246,6 +265,27 @@ def one_step_update(actions: list[Action], cfg: Config) -> bool:
         a.logprobs is not None and len(a.logprobs) == len(a.action_ids) for a in actions)
 
 
+def micro_batches(order: list[int], minibatch: int, micro: int) -> list[list[int]]:
+    """The micro-batches of one epoch, as update_agent's loop cuts them: `order` into minibatches,
+    each into micro-batches. [0..9], minibatch 4, micro 3 -> [[0,1,2], [3], [4,5,6], [7], [8,9]]"""
+    return [order[m:m + minibatch][c:c + micro] for m in range(0, len(order), minibatch)
+            for c in range(0, min(minibatch, len(order) - m), micro)]
+
+
+def by_length(order: list[int], lengths: list[int], minibatch: int) -> list[int]:
+    """`order` with each minibatch's members sorted by length: the minibatches keep their random
+    members, and the micro-batches cut from them hold rows of similar length (less padding)."""
+    return [i for m in range(0, len(order), minibatch) for i in sorted(order[m:m + minibatch], key=lengths.__getitem__)]
+
+
+def layout_logprobs(model, actions: list[Action], layout: list[list[int]], T: int, temperature: float) -> torch.Tensor:
+    """action_logprobs with the rows batched as `layout` says (lists of indices into actions). -> [len(actions), T]"""
+    out = torch.zeros(len(actions), T)
+    for chunk in layout:
+        out[chunk] = action_logprobs(model, [actions[i] for i in chunk], T, len(chunk), temperature)
+    return out
+
+
 def sampled_logprobs(actions: list[Action], T: int) -> torch.Tensor:
     """The rollout's recorded log-probs as [len(actions), T] (0 past each action's end)."""
     out = torch.zeros(len(actions), T)
@@ -262,15 +302,17 @@ def action_logprobs(model, actions: list[Action], T: int, micro_batch: int, temp
     its exact generation context and logits are only computed for the action positions. Where the
     rows share a head (the agent's system prompt) it is computed once, gradients included
     (rollout.prefix_forward; the rows then end in their actions, right-aligned); not under
-    gradient checkpointing, which drops the cache inside checkpointed layers."""
+    gradient checkpointing, which drops the cache inside checkpointed layers -- and then not in the
+    no-grad passes either, so that they share the training pass's layout). No KV cache is kept
+    (use_cache=False) beyond the shared head's, which prefix_forward needs."""
     out = torch.zeros(len(actions), T)
-    checkpointed = model.training and any(getattr(m, "gradient_checkpointing", False) for m in model.modules())
+    checkpointed = any(getattr(m, "gradient_checkpointing", False) for m in model.modules())
     for start in range(0, len(actions), micro_batch):
         chunk = actions[start:start + micro_batch]
         Tc = max(len(a.action_ids) for a in chunk)
         seqs = [a.prompt_ids + a.action_ids for a in chunk]
         if share_prefix and len(chunk) > 1 and not checkpointed and shared_prefix(seqs, keep=Tc + 1) > 0:
-            logits = prefix_forward(model, seqs, 0, keep=Tc + 1, logits_to_keep=Tc + 1)[0].logits
+            logits = prefix_forward(model, seqs, 0, keep=Tc + 1, logits_to_keep=Tc + 1, use_cache=False)[0].logits
             acts = torch.zeros(len(chunk), Tc, dtype=torch.long, device=model.device)
             for i, a in enumerate(chunk):  # right-aligned: each row ends with its action
                 acts[i, Tc - len(a.action_ids):] = torch.tensor(a.action_ids)
@@ -287,7 +329,8 @@ def action_logprobs(model, actions: list[Action], T: int, micro_batch: int, temp
             act_mask[i, :len(a.action_ids)] = 1
         ids, attn = torch.cat([prompts, acts], 1), torch.cat([prompt_mask, act_mask], 1)
         pos = (attn.cumsum(-1) - 1).clamp(min=0)
-        logits = model(input_ids=ids, attention_mask=attn, position_ids=pos, logits_to_keep=Tc + 1).logits
+        logits = model(input_ids=ids, attention_mask=attn, position_ids=pos, logits_to_keep=Tc + 1,
+                       use_cache=False).logits
         logp = rl.token_logprobs(logits[:, :-1], acts, temperature) * act_mask
         out[start:start + len(chunk), :Tc] = logp.float().cpu()
         assert P + Tc == ids.shape[1]

@@ -35,7 +35,8 @@ def parse(argv=None) -> argparse.Namespace:
     p.add_argument("--new-tokens", type=int, default=0, help="row 5 generated length (default: 64 CPU, 512 GPU)")
     p.add_argument("--4bit", dest="four_bit", action=argparse.BooleanOptionalAction, default=None,
                    help="4-bit NF4 base (default: on with CUDA)")
-    p.add_argument("--only", default="", help="rows to run, comma-separated: rollout,coach,step,memory,sizes,sandbox,defaults")
+    p.add_argument("--only", default="", help="rows to run, comma-separated: rollout,coach,step,memory,sizes,sandbox,defaults; "
+                   "laptop (only when named: one laptop-shape step of a real --model, bench/laptop.py)")
     p.add_argument("--defaults-sizes", default="1.5b,7b", help="row 7 (a step at train.py's defaults): 1.5b, 7b "
                    "(CUDA), toy (a tiny shape, CPU)")
     p.add_argument("--scope", default="peak", choices=["peak", "full"], help="row 7: each phase's largest chunk "
@@ -47,6 +48,9 @@ def parse(argv=None) -> argparse.Namespace:
     p.add_argument("--micro-batch-size", type=int, default=0, help="row 7: train.py's --micro-batch-size (0: its default)")
     p.add_argument("--gpu-check", action="store_true", help="the prepared device check (bench/gpu_check.sh): row 7 "
                    "for the 1.5B at the defaults and the 7B at the settings that fit, capped at 24 GiB")
+    p.add_argument("--dtype", default="auto", choices=["auto", "bf16", "fp16", "fp32"], help="row 8 (laptop): compute dtype")
+    p.add_argument("--no-trl", action="store_true", help="row 8 (laptop): skip the TRL peer")
+    p.add_argument("--trl-only", action="store_true", help="row 8 (laptop): the TRL peer alone (run it beside a --no-trl run)")
     p.add_argument("--clock", default="wall", choices=["wall", "cpu"],
                    help="what rows 1-3 time: wall, or this process's CPU time (steadier on shared cores; use with --threads 1)")
     p.add_argument("--json", default="", help="also write every number to this file")
@@ -65,7 +69,7 @@ def parse(argv=None) -> argparse.Namespace:
     names = {"rollout", "coach", "step", "memory", "sizes", "sandbox", "defaults"}
     args.only = {"defaults"} if args.gpu_check else set(args.only.split(",")) if args.only else names
     args.defaults_sizes = [s for s in args.defaults_sizes.split(",") if s]
-    for bad, what in ((set(args.sizes) - known, "--sizes"), (args.only - names, "--only"),
+    for bad, what in ((set(args.sizes) - known, "--sizes"), (args.only - names - {"laptop"}, "--only"),
                       (set(args.defaults_sizes) - {*GPU_SIZES, "toy"}, "--defaults-sizes")):
         if bad:
             p.error(f"{what}: unknown {', '.join(sorted(bad))}")
@@ -124,12 +128,19 @@ def main(argv=None) -> None:
         if "sandbox" in args.only:
             print("[bench] sandbox ...", file=sys.stderr, flush=True)
             results["sandbox"] = rows.bench_sandbox_row(args)
+        if "laptop" in args.only:
+            from bench import laptop
+            print(f"[bench] laptop ({args.model}) ...", file=sys.stderr, flush=True)
+            results["laptop"] = laptop.run(args)
     table = report.table(results, args)
     print(report.header(args, params))
     print(report.markdown(table))
     for row in table:
         if row[4]:
             print(f"target {row[0][2:]}: {row[3]} (want {row[4]}) -> {row[5]}")
+    if "laptop" in results:
+        from bench import laptop
+        print(laptop.markdown(results["laptop"]))
     print(f"total {time.perf_counter() - t0:.0f} s, load avg at the end {os.getloadavg()[0]:.1f}")
     if args.json:
         with open(args.json, "w") as f:

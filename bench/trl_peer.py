@@ -18,13 +18,15 @@ from bench.measure import now
 def grpo_step_runs(model_name: str, device: str, load_in_4bit: bool, prompts: list[list[dict]], *,
                    num_generations: int, max_completion_length: int, lr: float, beta: float, lora_r: int,
                    lora_alpha: int, gradient_checkpointing: bool, steps: int, between=None,
-                   out_dir: str) -> list[dict]:
+                   out_dir: str, dtype: str | None = None, micro_batch: int | None = None) -> list[dict]:
     """Run `steps` GRPO steps; return one {"seconds", "tokens"} per step (tokens: completion tokens
     generated in that step). `between()` is called after each step, outside its timing: bench/rows.py
     runs its MAPPA step there, so the two alternate and share whatever load the machine has.
 
     One step = one generate call over len(prompts) * num_generations completions (one prompt
-    group per prompt), the reward, the reference pass (beta > 0), one optimiser step."""
+    group per prompt), the reward, the reference pass (beta > 0), one optimiser step. dtype: --dtype
+    of the base (load_base; its forwards autocast) and TRL's bf16/fp16 flags to match (None: bf16 on CUDA).
+    micro_batch: rows per forward/backward (gradient accumulation; generation stays one batch)."""
     from datasets import Dataset
     from peft import LoraConfig
     from transformers import TrainerCallback
@@ -32,8 +34,8 @@ def grpo_step_runs(model_name: str, device: str, load_in_4bit: bool, prompts: li
 
     from agents import load_base
 
-    tokenizer, base = load_base(model_name, load_in_4bit, device)
-    mixed = peer_precision(base)
+    tokenizer, base = load_base(model_name, load_in_4bit, device, dtype)
+    mixed = peer_precision(base)  # the dtype load_base gave the MAPPA side (--dtype)
     counted: list[int] = []
 
     def dummy_reward(prompts, completions, completion_ids, **_):
@@ -54,9 +56,10 @@ def grpo_step_runs(model_name: str, device: str, load_in_4bit: bool, prompts: li
                 between()
 
     batch = len(prompts) * num_generations
+    micro = micro_batch or batch  # one generate over the batch; the training pass in micro-batches
     on_cuda = device.startswith("cuda")
     args = GRPOConfig(
-        output_dir=out_dir, per_device_train_batch_size=batch, gradient_accumulation_steps=1,
+        output_dir=out_dir, per_device_train_batch_size=micro, gradient_accumulation_steps=batch // micro,
         num_generations=num_generations, max_completion_length=max_completion_length, temperature=1.0,
         top_k=0, top_p=1.0, beta=beta, learning_rate=lr, num_iterations=1, max_steps=steps,
         gradient_checkpointing=gradient_checkpointing, **mixed, use_cpu=not on_cuda, seed=0,

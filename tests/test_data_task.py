@@ -86,7 +86,7 @@ def trio():
     model = add_adapters(base, DATA, r=4, alpha=8)
     scripts = [PERFECT, FORGETFUL]  # generate gets one prompt per episode, in order
 
-    def fake_generate(model_, tokenizer_, prompts, max_new_tokens, temperature, batch_size, logprobs=None):
+    def fake_generate(model_, tokenizer_, prompts, max_new_tokens, temperature, batch_size, logprobs=None, **_):
         agent = model_.active_adapter
         assert len(prompts) == len(scripts)  # every episode acts twice per agent: order holds
         turn = fake_generate.turns.get(agent, 0)

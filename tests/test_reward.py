@@ -104,6 +104,23 @@ def test_logit_coach_with_the_shared_prefix_cache_equals_the_plain_pass(policy):
     assert text.count(long_task) == 1 and "(the task, as above)" in text  # shown once, whole
 
 
+def test_logit_coach_batches_by_a_token_budget_with_the_same_scores(policy, monkeypatch):
+    """Issue 29 item 2: the coach's prefill is bounded by rows x longest prompt, scores unchanged."""
+    import reward
+    tokenizer, model = policy
+    eps = [episode_with_actions(tokenizer) for _ in range(3)]
+    eps[2].actions[0].text += " and more words " * 7
+    items = [(ep, a) for ep in eps for a in ep.actions]
+    coach = LLMCoach(model, tokenizer, MATH, mode="logit", batch_size=16)
+    free = coach.score(items)
+    rows, plain = [], reward.prefix_forward
+    monkeypatch.setattr(reward, "prefix_forward", lambda m, seqs, *a, **k: rows.append([len(s) for s in seqs]) or plain(m, seqs, *a, **k))
+    longest = max(len(reward.render(tokenizer, coach.prompt(ep, a))) for ep, a in items) + 8
+    coach.prefill_tokens = 2 * longest
+    assert coach.score(items) == pytest.approx(free, abs=1e-5)
+    assert rows and all(len(r) * max(r) <= 2 * longest or len(r) == 1 for r in rows)
+
+
 def test_generate_coach_retries_once_then_leaves_the_action_unscored(policy):
     """A coach that never writes the score line (a random model) scores nothing: no default."""
     tokenizer, model = policy

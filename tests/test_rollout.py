@@ -21,7 +21,7 @@ def scripted(policy, monkeypatch):
     tokenizer, model = policy
     calls = []
 
-    def fake_generate(model_, tokenizer_, prompts, max_new_tokens, temperature, batch_size, logprobs=None):
+    def fake_generate(model_, tokenizer_, prompts, max_new_tokens, temperature, batch_size, logprobs=None, **_):
         agent = model_.active_adapter
         turn = sum(1 for a, _ in calls if a == agent)
         calls.append((agent, prompts))
@@ -100,7 +100,7 @@ def test_max_new_tokens_flag_wins_over_the_agents_default(policy, monkeypatch):
     tokenizer, model = policy
     budgets = {}
 
-    def fake_generate(model_, tokenizer_, prompts, max_new_tokens, temperature, batch_size, logprobs=None):
+    def fake_generate(model_, tokenizer_, prompts, max_new_tokens, temperature, batch_size, logprobs=None, **_):
         budgets[model_.active_adapter] = max_new_tokens
         return [([tokenizer.eos_token_id], False)] * len(prompts)
 
