@@ -21,6 +21,7 @@ from models.catalogue import ModelLoadError  # noqa: F401  (re-exported: train.p
 # is absent, and peft calls a transformers property deprecated in v5 on every forward.
 logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
 warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*is deprecated")
+warnings.filterwarnings("ignore", message=".*gradient_checkpointing_enable.*is deprecated")  # v6 renames it; same effect
 
 
 @dataclass(frozen=True)

@@ -240,7 +240,7 @@ def make_coach(cfg, model, tokenizer, agents):
     with adapters off. Either way the KL reference stays the team's base."""
     if not cfg.coach_url:
         if cfg.coach_base:
-            tokenizer, model = load_coach_base(cfg.coach_base, cfg.load_in_4bit, str(model.device))
+            tokenizer, model = load_coach_base(cfg.coach_base, cfg.load_in_4bit, str(model.device), cfg.dtype)
         return LLMCoach(model, tokenizer, agents, cfg.coach, cfg.coach_sees_answer, cfg.coach_max_new_tokens,
                         cfg.coach_batch_size, answer_for_all=cfg.coach_answer_for_all, compact=cfg.coach_compact,
                         prefill_tokens=cfg.prefill_tokens)
@@ -251,11 +251,11 @@ def make_coach(cfg, model, tokenizer, agents):
 
 
 @functools.lru_cache(maxsize=1)
-def load_coach_base(name: str, load_in_4bit: bool | None, device: str):
+def load_coach_base(name: str, load_in_4bit: bool | None, device: str, dtype: str | None = None):
     """(tokenizer, model) of a coach with its own weights: frozen (load_base), in eval mode, and
     loaded once per process (eval.py builds a coach per column)."""
     from agents import load_base
-    tokenizer, model = load_base(name, load_in_4bit, device)
+    tokenizer, model = load_base(name, load_in_4bit, device, dtype)  # the team's --dtype
     return tokenizer, model.eval()
 
 

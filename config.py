@@ -137,7 +137,7 @@ PRESETS = {
                    data="builtin-easy", eval_data="builtin-easy", steps=20, problems_per_step=8,
                    samples_per_problem=2, max_new_tokens=256, gen_batch_size=64, coach="logit",
                    coach_batch_size=16, coach_answer_for_all=True, coach_compact=True, lr=2e-4, lora_r=16,
-                   lora_alpha=32, minibatch_size=32, micro_batch_size=8, gradient_checkpointing=False,
+                   lora_alpha=32, minibatch_size=32, micro_batch_size=4,
                    code_timeout=5.0, eval_problems=32, save_every=5),
 }
 
@@ -325,6 +325,6 @@ def flags_table() -> str:
         allowed = ("`" + "`, `".join(c or '""' for c in f.metadata["choices"]) + "`" if f.metadata.get("choices")
                    else range_text(*f.metadata["range"]) if f.metadata.get("range") else "")
         what = f.metadata["help"].split(";")[0].strip().replace("|", "/").replace("`", "")
-        what = what if len(what) <= 100 else what[:what.rfind(" ", 0, 98)] + " …"
+        what = what if len(what) <= 64 else what[:what.rfind(" ", 0, 62)] + " …"
         rows.append(f"| `--{f.name.replace('_', '-')}` | `{f.default!r}` | {allowed} | {what} |")
     return "\n".join(rows)

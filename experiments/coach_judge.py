@@ -68,10 +68,10 @@ def auc(scores: list[float], right: list[bool]) -> float:
     return float(roc_auc_score(right, scores))
 
 
-def load_model(name: str, dtype: torch.dtype):
+def load_model(name: str, dtype: str):
     from agents import load_base
-    tokenizer, model = load_base(name, False, "cpu")
-    return tokenizer, model.to(dtype).eval()
+    tokenizer, model = load_base(name, False, "cpu", dtype)
+    return tokenizer, model.eval()
 
 
 def rollouts(args, out: Path):
@@ -211,7 +211,7 @@ def main(argv=None) -> None:
     p.add_argument("--out", default=str(ROOT / "results" / "coach"))
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
-    args.dtype = torch.bfloat16  # this CPU has bf16 (2.5x fp32 matmuls); rollouts and coach alike
+    args.dtype = "auto"  # bf16 on a CPU that has it (2.5x fp32 matmuls), as train.py
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     episodes = rollouts(args, out)
