@@ -67,7 +67,10 @@ def coach_prompt(episode: Episode, action: Action, agents: tuple[Agent, ...], *,
             parts.append("## Output of its code\n" + clip_text(action.tool_output or "(no code was run)", tool_chars))
         if reference is not None:
             parts.append(f"## Reference\n{reference}")
-        parts.append("Score this action from 0 to 10.")
+        # logit mode: the score follows in the coach's own turn (SCORE_PREFIX); generate mode must
+        # be told the line to write (measured: the 1.5B answered a bare "5" to the logit wording)
+        parts.append("Explain briefly, then end with the line\nPROCESS_SCORE: <integer from 0 to 10>" if rationale
+                     else "Score this action from 0 to 10.")
         return "\n\n".join(parts)
     team = "\n".join(f"{i + 1}. {a.title}" + (" (runs Python)" if a.uses_code else "")
                      for i, a in enumerate(agents))

@@ -165,7 +165,8 @@ def table(sizes=("1.5b", "7b"), card_gib: float = CARD_GIB) -> str:
     default = Settings.of(Config())
     rows = [(size, "train.py defaults", default) for size in sizes]
     rows += [(size, "fits: --prefill-tokens %d --micro-batch-size %d" % (f.prefill_tokens, f.micro_batch_size), f)
-             for size in sizes if size != "1.5b" and (f := fitting_settings(REALISTIC[size], card_gib, default))]
+             for size in sizes if size != "1.5b" and (f := fitting_settings(REALISTIC[size], card_gib, default))
+             and vars(f) != vars(default)]  # a model that fits at the defaults needs no second row
     lines = ["| model | settings | weights + adapters | rollout prefill | decode | coach | update | fits 24 GB |",
              "|---|---|---|---|---|---|---|---|"]
     for size, what, s in rows:

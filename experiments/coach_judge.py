@@ -222,8 +222,9 @@ def main(argv=None) -> None:
             runs.append(score_all(episodes, coach_name, prompt, args, out, cache))
             summarize(episodes, runs, gens, out)
         if args.generate:
-            gens.append(parse_rate(episodes, coach_name, args.prompts.split(",")[0], args, out, cache))
-            summarize(episodes, runs, gens, out)
+            parse_rate(episodes, coach_name, args.prompts.split(",")[0], args, out, cache)
+        gens = [json.loads(p.read_text()) for p in sorted(out.glob("generate-*.json"))]  # this and earlier runs'
+        summarize(episodes, runs, gens, out)
 
 
 if __name__ == "__main__":

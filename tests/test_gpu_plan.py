@@ -28,18 +28,22 @@ def test_the_estimate_of_one_small_case_by_hand():
 def test_the_settings_are_train_pys_defaults_and_the_budget_bounds_rows_times_length():
     s = plan.Settings.of(Config())
     assert (s.gen_batch_size, s.max_new_tokens, s.coach_batch_size, s.micro_batch_size, s.episodes) == (32, 1024, 16, 4, 32)
-    assert plan.rows_for(3000, s, 32) == 32  # no budget: gen_batch_size rows
+    assert plan.rows_for(3000, s, 32) == 10  # the default budget, 32768 tokens: 10 rows of 3,000
+    assert plan.rows_for(300, s, 32) == 32  # short prompts: gen_batch_size rows
     budget = plan.Settings(prefill_tokens=16384)
     assert plan.rows_for(3000, budget, 32) == 5 and plan.rows_for(300, budget, 32) == 32
     assert plan.rows_for(20000, budget, 32) == 1  # a prompt over the budget still runs, alone
 
 
 def test_the_plan_says_what_issue_29_asks():
-    """The defaults fit the 1.5B on 24 GB with margin; the 7B needs other settings, which exist."""
+    """The defaults fit the 1.5B on 24 GB with margin, and the 7B thanks to the default token budget:
+    without it (the count-based batches of before) the 7B's prefill does not fit."""
     default = plan.Settings.of(Config())
     assert max(plan.card_peaks(REALISTIC["1.5b"], default).values()) < 0.8 * plan.CARD_GIB
-    assert max(plan.card_peaks(REALISTIC["7b"], default).values()) > plan.CARD_GIB
-    fit = plan.fitting_settings(REALISTIC["7b"], plan.CARD_GIB, default)
+    assert max(plan.card_peaks(REALISTIC["7b"], default).values()) <= plan.CARD_GIB
+    unbounded = plan.Settings(**{**vars(default), "prefill_tokens": 1 << 30})
+    assert max(plan.card_peaks(REALISTIC["7b"], unbounded).values()) > plan.CARD_GIB
+    fit = plan.fitting_settings(REALISTIC["7b"], plan.CARD_GIB, unbounded)
     assert fit.prefill_tokens and max(plan.card_peaks(REALISTIC["7b"], fit).values()) <= plan.CARD_GIB
 
 
