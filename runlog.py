@@ -207,3 +207,20 @@ class RunLog:
         if not self.quiet:
             print(format_table(metrics, self.agents))
             print("\n".join(sample_lines(episodes, self.agents)), flush=True)
+
+
+def interrupted(run_dir: Path | None) -> str:
+    """The one line for Ctrl-C (train.py): where the run in run_dir stopped and how to go on."""
+    import checkpoint  # lazy: only on an interrupt
+    if run_dir is None or not (run_dir / "config.json").exists():
+        return "interrupted before the run started; nothing was written"
+    if not checkpoint.holds_run(run_dir):
+        return f"interrupted before the first step; the same command starts again (it reuses {run_dir})"
+    try:
+        at = json.loads((run_dir / "metrics.jsonl").read_text().splitlines()[-1])["step"] + 1
+    except (OSError, ValueError, IndexError, KeyError, TypeError):  # a line cut by the interrupt
+        at = "?"
+    done = checkpoint.checkpoints(run_dir)
+    if not done:
+        return f"interrupted at step {at}, before the first checkpoint; start again: --out-dir {run_dir} --overwrite"
+    return f"interrupted at step {at}; resume with: python train.py --resume {run_dir} (from {done[-1].name})"

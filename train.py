@@ -7,7 +7,6 @@ Each step: tasks -> the agents act (rollout) -> the grader and the coach score e
 advantages per agent -> one update per agent on its own adapter -> log -> checkpoint (and eval).
 """
 import functools
-import json
 import math
 import random
 import sys
@@ -27,7 +26,7 @@ from config import Config, UserError, fail, parse_args
 from precision import grad_scaler, resolve_dtype, wants_checkpointing
 from reward import assign_rewards, grade
 from rollout import Action, episode_guard, live, new_episodes, pad_left, prefix_forward, rollout, shared_prefix
-from runlog import Progress, RunLog, rollout_metrics, tracker_module
+from runlog import Progress, RunLog, interrupted, rollout_metrics, tracker_module
 from tasks import DataError, load_tasks, workspace
 from tasks.formats import FieldSpec
 
@@ -348,23 +347,6 @@ def preflight(cfg: Config, coach=None) -> None:
         check_endpoint(cfg)
 
 
-def interrupted(cfg: Config | None) -> str:
-    """The one line for Ctrl-C: where the run stopped and how to go on."""
-    run_dir = checkpoint.run_folder(cfg) if cfg is not None else None
-    if run_dir is None or not (run_dir / "config.json").exists():
-        return "interrupted before the run started; nothing was written"
-    if not checkpoint.holds_run(run_dir):
-        return f"interrupted before the first step; the same command starts again (it reuses {run_dir})"
-    try:
-        at = json.loads((run_dir / "metrics.jsonl").read_text().splitlines()[-1])["step"] + 1
-    except (OSError, ValueError, IndexError, KeyError, TypeError):  # a line cut by the interrupt
-        at = "?"
-    done = checkpoint.checkpoints(run_dir)
-    if not done:
-        return f"interrupted at step {at}, before the first checkpoint; start again: --out-dir {run_dir} --overwrite"
-    return f"interrupted at step {at}; resume with: python train.py --resume {run_dir} (from {done[-1].name})"
-
-
 def planned_steps(cfg: Config, agents) -> dict[str, int]:
     """Each agent's optimiser steps over the run, for --lr-schedule cosine: --steps x --ppo-epochs x
     minibatches of its actions per step, counting every action it may take (an upper bound: an agent
@@ -395,7 +377,7 @@ def main(argv=None) -> None:
               f"--max-new-tokens (or use --gradient-checkpointing / a smaller --model); {last}", file=sys.stderr)
         sys.exit(3)
     except KeyboardInterrupt:  # checkpoints are atomic and the lock is released: the run is resumable
-        print(f"{interrupted(cfg)}", file=sys.stderr)
+        print(interrupted(checkpoint.run_folder(cfg) if cfg is not None else None), file=sys.stderr)
         sys.exit(130)
 
 

@@ -188,7 +188,27 @@ def summarize(episodes, runs: list[dict], gens: list[dict], out: Path) -> None:
                      f"{g['parsed_first']:.0%} of first replies, {g['parsed_after_retry']:.0%} after the format retry "
                      f"({g['seconds']:.0f} s)")
     (out / "summary.md").write_text("\n".join(lines) + "\n")
+    plot(runs, lab, agents, out / "judge.png")
     print("\n".join(lines))
+
+
+def plot(runs: list[dict], lab: list[tuple[str, bool]], agents: list[str], path: Path) -> None:
+    """One panel per (coach, agent): the coach's scores of right and of wrong actions."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, axes = plt.subplots(len(runs), len(agents), figsize=(3.2 * len(agents), 2.4 * len(runs)), squeeze=False)
+    for row, r in zip(axes, runs):
+        for ax, agent in zip(row, agents):
+            pairs = [(s, ok) for s, (ag, ok) in zip(r["scores"], lab) if ag == agent and s is not None]
+            for ok, color, name in ((True, "C2", "right"), (False, "C3", "wrong")):
+                ax.hist([s for s, o in pairs if o == ok], bins=20, range=(0, 10), alpha=0.6, color=color, label=name)
+            ax.set_title(f"{Path(r['coach']).name.replace('-instruct', '')}: {agent}", fontsize=8)
+            ax.set_xlabel("coach score", fontsize=7)
+    axes[0][0].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
 
 
 def main(argv=None) -> None:
