@@ -74,6 +74,14 @@ def load_model(name: str, dtype: str):
     return tokenizer, model.eval()
 
 
+def cached_model(name: str, dtype: str, cache: dict):
+    """(tokenizer, model) of `name`, loaded once while consecutive measurements use it."""
+    if cache.get("name") != name:
+        cache.clear()  # one coach in memory at a time
+        cache.update(name=name, pair=load_model(name, dtype))
+    return cache["pair"]
+
+
 def rollouts(args, out: Path):
     """The untrained team's episodes on the held-out problems (cached in rollouts.jsonl)."""
     from agents import PIPELINES
@@ -116,10 +124,7 @@ def score_all(episodes, coach_name: str, prompt: str, args, out: Path, cache: di
     path = out / f"scores-{Path(coach_name).name}-{prompt}.json"
     if path.exists():
         return json.loads(path.read_text())
-    if cache.get("name") != coach_name:
-        cache.clear()
-        cache.update(name=coach_name, pair=load_model(coach_name, args.dtype))
-    tokenizer, model = cache["pair"]
+    tokenizer, model = cached_model(coach_name, args.dtype, cache)
     coach = LLMCoach(model, tokenizer, PIPELINES["math"], "logit", batch_size=args.coach_batch, **PROMPTS[prompt])
     items = [(ep, a) for ep in episodes for a in ep.actions]
     t0 = time.perf_counter()
@@ -141,10 +146,7 @@ def parse_rate(episodes, coach_name: str, prompt: str, args, out: Path, cache: d
     path = out / f"generate-{Path(coach_name).name}-{prompt}.json"
     if path.exists():
         return json.loads(path.read_text())
-    if cache.get("name") != coach_name:
-        cache.clear()
-        cache.update(name=coach_name, pair=load_model(coach_name, args.dtype))
-    tokenizer, model = cache["pair"]
+    tokenizer, model = cached_model(coach_name, args.dtype, cache)
     coach = LLMCoach(model, tokenizer, PIPELINES["math"], "generate", max_new_tokens=args.generate_tokens,
                      batch_size=args.coach_batch, **PROMPTS[prompt])
     items = [(ep, a) for ep in episodes for a in ep.actions][:args.generate]
