@@ -43,7 +43,7 @@ def train_all(runs: list[tuple[str, int, Path]], args) -> None:
             if (out / "config.json").exists():  # an interrupted run goes on with its own settings
                 cmd = [sys.executable, "train.py", "--resume", str(out), "--steps", str(args.steps)]
             else:
-                cmd = [sys.executable, "train.py", "--preset", "laptop", "--reward", arm, "--seed", str(seed),
+                cmd = [sys.executable, "train.py", "--preset", args.preset, "--reward", arm, "--seed", str(seed),
                        "--steps", str(args.steps), "--out-dir", str(out), *args.train_args]
             out.parent.mkdir(parents=True, exist_ok=True)
             live.append((run(cmd, out.parent / f"{out.name}.log"), f"{arm} seed {seed}"))
@@ -149,6 +149,7 @@ def main(argv=None) -> int:
     p.add_argument("--k", type=int, default=4, help="samples per held-out problem")
     p.add_argument("--target", type=float, default=0.3, help="training accuracy for 'rollouts to target'")
     p.add_argument("--jobs", type=int, default=1, help="runs at once")
+    p.add_argument("--preset", default="laptop", choices=["laptop", "tiny"], help="train.py's preset (tiny: a smoke run of this script)")
     p.add_argument("--eval-coach", action="store_true", help="let the coach score the eval episodes too (slower)")
     p.add_argument("--out", default="results/laptop", help="results folder")
     p.add_argument("train_args", nargs="*", help="extra train.py flags after --, e.g. -- --lr 1e-3")
