@@ -1,7 +1,8 @@
 """Can this coach judge? Judge AUC per agent on held-out actions of the untrained pipeline.
 
-    python -m experiments.coach_judge                         # 0.5B team; 1.5B coach and the 0.5B itself
-    python -m experiments.coach_judge --problems 8 --k 1 --prompts compact   # a quick look
+    python -m experiments.coach_judge                         # results/coach/: 0.5B team; the 1.5B and the 0.5B as coach
+    python -m experiments.coach_judge --prompts compact,paper  # also the paper's full prompt (not measured yet)
+    python -m experiments.coach_judge --problems 4 --k 1 --generate 0 --out /tmp/judge   # a quick look
 
 A coach's scores are rewards only if they separate good actions from bad ones. We measure that
 before any training (issue 26): the untrained team acts on held-out problems, every action gets a
@@ -218,15 +219,15 @@ def main(argv=None) -> None:
     p.add_argument("--team", default="qwen2.5-coder-0.5b-instruct", help="the team's base model")
     p.add_argument("--coaches", default="qwen2.5-coder-1.5b-instruct,qwen2.5-coder-0.5b-instruct",
                    help="comma-separated coach models (the team's own base = the self-coach)")
-    p.add_argument("--prompts", default="compact,paper", help=f"comma-separated: {', '.join(PROMPTS)}")
-    p.add_argument("--problems", type=int, default=48, help="held-out builtin-easy problems")
+    p.add_argument("--prompts", default="compact", help=f"comma-separated: {', '.join(PROMPTS)}")
+    p.add_argument("--problems", type=int, default=24, help="held-out builtin-easy problems")
     p.add_argument("--k", type=int, default=2, help="episodes per problem")
     p.add_argument("--temperature", type=float, default=1.0, help="the team's sampling temperature (training's)")
     p.add_argument("--max-new-tokens", type=int, default=256)
-    p.add_argument("--batch", type=int, default=64, help="rows per generate call")
+    p.add_argument("--batch", type=int, default=48, help="rows per generate call (64 ran out of 24 GB beside other jobs)")
     p.add_argument("--coach-batch", type=int, default=16)
     p.add_argument("--generate", type=int, default=24, help="actions for the generate-mode parse rate (0: skip)")
-    p.add_argument("--generate-tokens", type=int, default=96)
+    p.add_argument("--generate-tokens", type=int, default=128)
     p.add_argument("--split", default="eval", help="builtin-easy split (eval: held out from training)")
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--threads", type=int, default=2)
