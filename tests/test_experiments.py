@@ -19,3 +19,22 @@ def test_the_laptop_experiment_trains_evaluates_and_summarises(tmp_path):
     before = (out / "runs" / "process-s0" / "metrics.jsonl").read_text()
     proc = run(*args, timeout=600)  # finished runs are kept, not trained again
     assert proc.returncode == 0 and (out / "runs" / "process-s0" / "metrics.jsonl").read_text() == before
+
+
+def test_the_coach_judge_labels_each_action_by_the_answer_it_commits_to():
+    from experiments.coach_judge import auc, committed_answer, labels
+    from rollout import Action, Episode
+    from tasks.problems import Problem
+
+    def act(agent, text, tool=None):
+        return Action(agent, 0, [], [], [], text, False, tool_output=tool)
+    assert committed_answer(act("solver", "so 3 + 4 = 7, \\boxed{21} wait")) == "21"  # the box wins
+    assert committed_answer(act("executor", "print(x) gives 20", "21\n")) == "21"  # then what the code printed
+    assert committed_answer(act("solver", "the total is 1,000 apples")) == "1000"
+    assert committed_answer(act("solver", "no idea")) is None
+    ep = Episode(Problem("p", "?", "21"), "?", [act("solver", "\\boxed{21}"), act("executor", "x", "20"),
+                                              act("verifier", "\\boxed{21}")], correct=False)
+    # the final agent's label is the episode's outcome, not its own text
+    assert labels([ep], "verifier") == [("solver", True), ("executor", False), ("verifier", False)]
+    assert auc([9, 1, 5], [True, False, False]) == 1.0 and auc([1, 9], [True, False]) == 0.0
+    assert auc([1, 2], [True, True]) != auc([1, 2], [True, True])  # nan: one class only
