@@ -24,17 +24,32 @@ def tiny_cache(tmp_path_factory):
     return Path(os.environ["MAPPA_CACHE"])
 
 
-@pytest.fixture
-def policy():
-    """A fresh tiny model (fp32) with one LoRA adapter per math agent, adapters made non-zero so
-    that adapter-on and adapter-off differ."""
+def make_policy(dtype: str | None = None):
+    """A tiny model (fp32 unless `dtype`) with one LoRA adapter per math agent, adapters made
+    non-zero so that adapter-on and adapter-off differ."""
     import torch
 
     from agents import MATH, add_adapters, load_base
-    tokenizer, base = load_base("tiny", load_in_4bit=False, device="cpu")
+    tokenizer, base = load_base("tiny", load_in_4bit=False, device="cpu", dtype=dtype)
     model = add_adapters(base, MATH, r=4, alpha=8)
     torch.manual_seed(0)
     for name, p in model.named_parameters():
         if "lora_B" in name:
             torch.nn.init.normal_(p, std=0.02)
     return tokenizer, model
+
+
+@pytest.fixture
+def policy():
+    """A fresh fp32 make_policy()."""
+    return make_policy()
+
+
+@pytest.fixture
+def one_thread():
+    """Two torch threads on two cores shared with other jobs run a test ~10x slower (measured)."""
+    import torch
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

@@ -55,14 +55,6 @@ def test_verdicts_follow_the_direction_of_each_target(key, ratio, want):
     assert bench_report.verdict(key, ratio)[1] == want
 
 
-@pytest.fixture
-def one_thread():
-    """Two torch threads on two cores shared with other jobs run this test ~10x slower (measured)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 def test_every_repetition_of_a_mappa_step_does_the_same_work(one_thread):
     """restore() + re-seeding: two steps sample the same actions though the first one trained."""

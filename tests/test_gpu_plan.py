@@ -56,13 +56,6 @@ SMALL = plan.Settings(gen_batch_size=4, max_new_tokens=6, coach_batch_size=3, co
 LENGTHS = {"solver": 12, "executor1": 20, "executor2": 30, "verifier": 25, "coach": 40}
 
 
-@pytest.fixture
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 @pytest.mark.parametrize("scope", ["peak", "full"])
 def test_row_7_runs_two_steps_and_reports_memory_per_phase(scope, one_thread):

@@ -7,9 +7,10 @@ import torch
 
 import precision
 import rl
-from agents import MATH, acting_as, add_adapters, load_base
+from agents import acting_as, load_base
 from config import PRESETS, Config, load_config, parse_args, save_config
 from rollout import Action, generate, render
+from tests.conftest import make_policy
 from train import action_logprobs, by_length, micro_batches, update_agent
 
 
@@ -58,13 +59,7 @@ def test_checkpointing_default_off_on_cpu_on_with_cuda():
 
 @pytest.fixture(scope="module")
 def bf16_policy():
-    tokenizer, base = load_base("tiny", load_in_4bit=False, device="cpu", dtype="bf16")
-    model = add_adapters(base, MATH, r=4, alpha=8)
-    torch.manual_seed(0)
-    for name, p in model.named_parameters():
-        if "lora_B" in name:
-            torch.nn.init.normal_(p, std=0.02)
-    return tokenizer, model
+    return make_policy("bf16")
 
 
 def test_lora_runs_in_the_compute_dtype_with_fp32_master_weights(bf16_policy):
